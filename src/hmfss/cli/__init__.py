@@ -1,0 +1,1 @@
+"""Command-line interface: ``hmfss <command>``; one module per command."""

@@ -1,0 +1,145 @@
+"""``hmfss predict``: segment query images from K annotated support images.
+
+The support set is encoded once; queries (files or folders) are segmented in batches and
+written as ``<stem>_mask.png`` (0/255, at the query's original size) and ``<stem>_overlay.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment query images from annotated support images",
+        description="Segment query images given K (image, mask) support pairs.",
+    )
+    p.add_argument("--checkpoint", required=True, help="hmfss or original HSNet/HSNet-HM checkpoint")
+    p.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMG", "MASK"),
+                   help="a support image and its binary mask (repeat for K shots)")
+    p.add_argument("--query", nargs="+", required=True, metavar="PATH", help="query images or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(p)
+    p.add_argument("--batch-size", type=int, default=4, help="queries per forward pass (default 4)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.set_defaults(func=run)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--arch/--backbone/--masking/--img-size: optional for hmfss checkpoints."""
+    p.add_argument("--arch", default=None, help="hsnet | vat | asnet (needed for original checkpoints)")
+    p.add_argument("--backbone", default=None, help="resnet50 | resnet101 | vgg16 | efficientnet-lite0")
+    p.add_argument("--masking", default=None, help="none | fm | im | hm | hm-add | hm-reverse")
+    p.add_argument("--img-size", type=int, default=None, help="network input size (default: the checkpoint's)")
+
+
+def expand_queries(paths: list[str]) -> list[Path]:
+    """Files as given; folders expanded to their images (sorted)."""
+    from ..data.io import list_images
+    from ..errors import HmfssError
+
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise HmfssError(f"no images in folder {path}")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise HmfssError(f"query not found: {path}")
+    return out
+
+
+def load_support_set(pairs: list[list[str]], size: int):
+    """Read and check the (image, mask) pairs -> (1, K, 3, S, S), (1, K, S, S) tensors."""
+    import torch
+
+    from ..data.io import read_image, read_mask
+    from ..data.transforms import image_to_tensor, resize_mask
+    from ..errors import HmfssError
+
+    images, masks = [], []
+    for img_path, mask_path in pairs:
+        img = read_image(img_path)
+        mask = read_mask(mask_path)
+        if mask.shape != (img.height, img.width):
+            raise HmfssError(
+                f"support mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{img_path} is {img.width}x{img.height}"
+            )
+        if not mask.any():
+            raise HmfssError(f"support mask {mask_path} is empty (no foreground pixel)")
+        resized = resize_mask(mask, size)
+        if not resized.any():
+            raise HmfssError(f"support mask {mask_path} vanishes when resized to {size}x{size}; the object is too small")
+        images.append(image_to_tensor(img, size))
+        masks.append(resized)
+    return torch.stack(images)[None], torch.stack(masks)[None]
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..data.io import overlay, read_image, save_image_atomic
+    from ..data.transforms import image_to_tensor
+    from ..engine.checkpoint import load_model
+    from ..errors import HmfssError
+
+    if args.batch_size < 1:
+        raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
+    queries = expand_queries(args.query)
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, args.arch, args.backbone, args.masking, args.img_size, device=device)
+    size = model.config.img_size
+    support_imgs, support_masks = load_support_set(args.support, size)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = _unique_stems(queries)
+    with torch.inference_mode():
+        state = model.encode_support(support_imgs.to(device), support_masks.to(device))
+        bar = tqdm(total=len(queries), desc="predict", unit="img", disable=len(queries) < 2)
+        for start in range(0, len(queries), args.batch_size):
+            chunk = queries[start:start + args.batch_size]
+            originals = [read_image(p) for p in chunk]
+            batch = torch.stack([image_to_tensor(img, size) for img in originals]).to(device)
+            masks = model.segment(batch, state, output_size=[(img.height, img.width) for img in originals])
+            for img, mask, stem in zip(originals, masks, stems[start:start + len(chunk)]):
+                binary = mask.cpu().numpy().astype(np.uint8)
+                save_image_atomic(Image.fromarray(binary * 255), out_dir / f"{stem}_mask.png")
+                save_image_atomic(overlay(img, binary), out_dir / f"{stem}_overlay.png")
+            bar.update(len(chunk))
+        bar.close()
+    print(f"wrote {2 * len(queries)} files to {out_dir}")
+    return 0
+
+
+def resolve_device(name: str):
+    import torch
+
+    from ..errors import HmfssError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HmfssError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HmfssError(f"device {name!r} requested but CUDA is not available")
+    return device

@@ -1,0 +1,1 @@
+"""Data: image/mask reading, transforms, benchmark readers, split lists and episodes."""

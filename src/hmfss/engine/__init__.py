@@ -1,0 +1,1 @@
+"""Engine: checkpoints, evaluation, training, distributed helpers."""

@@ -1,0 +1,108 @@
+"""Pickle readers that never execute pickled code.
+
+* :func:`load_plain_pickle` reads data-only pickles (dict, list, tuple, int, float, str, ...)
+  and refuses any global reference: the split ``.pkl`` lists are such files.
+* :func:`load_restricted` reads ``torch.save`` checkpoints whose extra entries reference
+  classes of other projects (optimizer/scheduler state, PyTorch-Lightning callbacks): tensors
+  and plain containers are rebuilt, every other class or function becomes an inert
+  placeholder that records its arguments and is never called.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import HmfssError
+
+
+class Inert:
+    """Stand-in for a pickled object of an unknown class; holds what it was built from."""
+
+    _origin = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {self._origin}>"
+
+
+def _placeholder(module: str, name: str) -> type:
+    return type(name, (Inert,), {"_origin": f"{module}.{name}", "__module__": "hmfss.inert"})
+
+
+def _reconstruct(cls: Any, base: Any, state: Any) -> Any:
+    """Safe replacement of ``copyreg._reconstructor``: builds an inert object."""
+    obj = Inert(cls, base, state)
+    return obj
+
+
+_TORCH_REBUILD = {
+    "_rebuild_tensor",
+    "_rebuild_tensor_v2",
+    "_rebuild_tensor_v3",
+    "_rebuild_parameter",
+    "_rebuild_parameter_with_state",
+    "_rebuild_device_tensor_from_numpy",
+}
+_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "slice": slice, "complex": complex, "bytearray": bytearray}
+_SAFE_COLLECTIONS = {"OrderedDict": collections.OrderedDict, "Counter": collections.Counter}
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in _TORCH_REBUILD:
+            return getattr(torch._utils, name)
+        if module == "torch" and (name.endswith("Storage") or name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
+            return getattr(torch, name)
+        if module in ("torch.storage",) and name in ("UntypedStorage", "TypedStorage", "_load_from_bytes"):
+            if name == "_load_from_bytes":
+                return lambda data: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return getattr(torch.storage, name)
+        if module == "collections" and name in _SAFE_COLLECTIONS:
+            return _SAFE_COLLECTIONS[name]
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
+        if module == "copyreg" and name == "_reconstructor":
+            return _reconstruct
+        return _placeholder(module, name)
+
+
+class _RestrictedPickleModule:
+    """A ``pickle_module`` for ``torch.load`` that uses :class:`_CheckpointUnpickler`."""
+
+    Unpickler = _CheckpointUnpickler
+    load = staticmethod(lambda f, **kw: _CheckpointUnpickler(f, **kw).load())
+    __name__ = "hmfss_restricted_pickle"
+
+
+def load_restricted(path: str | Path) -> Any:
+    """``torch.load`` a checkpoint on the CPU with unknown classes replaced by placeholders."""
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def load_plain_pickle(path: str | Path) -> Any:
+    """Read a data-only pickle; any reference to a class or function is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise HmfssError(f"file not found: {path}")
+    try:
+        with path.open("rb") as handle:
+            return _DataOnlyUnpickler(handle).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise HmfssError(f"cannot read {path}: {exc}") from None

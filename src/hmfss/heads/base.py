@@ -1,0 +1,55 @@
+"""Common interface of the learners ("heads") and their registry.
+
+A head turns the correlation pyramid into low-resolution 2-class logits. It may also adapt
+how features are prepared (ASNet pools support features, VAT resizes all features) by
+overriding :meth:`Head.query_features` / :meth:`Head.support_features`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from ..masking import mask_support_features
+
+HEADS: dict[str, type["Head"]] = {}
+
+
+def register_head(name: str) -> Callable[[type["Head"]], type["Head"]]:
+    """Class decorator adding a head to :data:`HEADS` under ``name``."""
+
+    def add(cls: type["Head"]) -> type["Head"]:
+        HEADS[name] = cls
+        cls.arch = name
+        return cls
+
+    return add
+
+
+class Head(nn.Module):
+    arch: str = ""
+    original_prefix: str = ""  # head key prefix in the original checkpoints (after "module.")
+    extra_shallow: bool = False  # whether the backbone must return its extra shallow map
+
+    def query_features(self, feats: list[Tensor]) -> list[Tensor]:
+        """Prepare the query's tapped maps (B, C, h, w) before correlation."""
+        return feats
+
+    def support_features(
+        self, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor, masking: str
+    ) -> list[Tensor]:
+        """Mask the support's tapped maps with strategy ``masking``; mask (B, H, W)."""
+        return mask_support_features(masking, feats, im_feats, mask)
+
+    def forward(self, corr: list[Tensor], **context) -> Tensor:
+        """[level4, level3, level2] (N, L, Hq, Wq, Hs, Ws) -> low-res logits (N, 2, h, w).
+
+        ``context`` carries ``query_feats`` (list of (B, C, h, w)), ``shots`` (K, with
+        N = B*K, episode-major) and ``support_mask`` ((N, H, W)) for heads that need them.
+        """
+        raise NotImplementedError
+
+    def convert_original_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Map head keys of an original checkpoint (prefix already removed) to ours."""
+        return state

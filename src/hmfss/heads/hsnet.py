@@ -1,0 +1,65 @@
+"""HSNet learner (hypercorrelation squeeze network, SPEC §3.1)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Head, register_head
+from .conv4d import CenterPivotConv4d, resize_query_dims
+
+
+def squeeze_block(cin: int, couts: list[int], kernels: list[int], strides: list[int]) -> nn.Sequential:
+    """[CP-Conv4d -> GroupNorm(4) -> ReLU] x len(couts)."""
+    layers: list[nn.Module] = []
+    for cout, k, s in zip(couts, kernels, strides):
+        layers += [CenterPivotConv4d(cin, cout, k, s), nn.GroupNorm(4, cout), nn.ReLU(inplace=True)]
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+def hsnet_decoder(channels: int = 128) -> tuple[nn.Sequential, nn.Sequential]:
+    """HSNet's 2D decoder: (N, 128, h, w) -> [x2 upsample in between] -> (N, 2, 2h, 2w)."""
+    decoder1 = nn.Sequential(
+        nn.Conv2d(channels, 128, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(128, 64, 3, padding=1), nn.ReLU(inplace=True),
+    )
+    decoder2 = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, 2, 3, padding=1)
+    )
+    return decoder1, decoder2
+
+
+def decode(decoder1: nn.Module, decoder2: nn.Module, x: Tensor) -> Tensor:
+    """Run the decoder with the x2 bilinear upsample between its halves."""
+    x = decoder1(x)
+    x = F.interpolate(x, (x.shape[-2] * 2, x.shape[-1] * 2), mode="bilinear", align_corners=True)
+    return decoder2(x)
+
+
+@register_head("hsnet")
+class HSNetHead(Head):
+    """Squeeze each correlation level with CP-Conv4d blocks, fuse coarse to fine, decode.
+
+    Input: [level4, level3, level2] of (N, L_i, Hq, Wq, Hs, Ws); output (N, 2, 2*Hq2, 2*Wq2).
+    """
+
+    original_prefix = "hpn_learner."
+
+    def __init__(self, in_channels: tuple[int, int, int], **options):
+        super().__init__()
+        l4, l3, l2 = in_channels
+        self.encoder_layer4 = squeeze_block(l4, [16, 64, 128], [3, 3, 3], [2, 2, 2])
+        self.encoder_layer3 = squeeze_block(l3, [16, 64, 128], [5, 3, 3], [4, 2, 2])
+        self.encoder_layer2 = squeeze_block(l2, [16, 64, 128], [5, 5, 3], [4, 4, 2])
+        self.encoder_layer4to3 = squeeze_block(128, [128] * 3, [3] * 3, [1] * 3)
+        self.encoder_layer3to2 = squeeze_block(128, [128] * 3, [3] * 3, [1] * 3)
+        self.decoder1, self.decoder2 = hsnet_decoder()
+
+    def forward(self, corr: list[Tensor], **context) -> Tensor:
+        sqz4 = self.encoder_layer4(corr[0])
+        sqz3 = self.encoder_layer3(corr[1])
+        sqz2 = self.encoder_layer2(corr[2])
+        mix43 = self.encoder_layer4to3(resize_query_dims(sqz4, sqz3.shape[2:4]) + sqz3)
+        mix432 = self.encoder_layer3to2(resize_query_dims(mix43, sqz2.shape[2:4]) + sqz2)
+        return decode(self.decoder1, self.decoder2, mix432.mean(dim=(-2, -1)))

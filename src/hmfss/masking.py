@@ -1,0 +1,98 @@
+"""Support-feature masking strategies (SPEC §2.1, §4).
+
+Given the backbone features of the support image ``feats``, the features of the input-masked
+support image ``im_feats`` (same shapes) and the binary support mask, a strategy returns the
+support features that enter the correlation:
+
+==============  ==============================================================
+``none``        features unmasked (HSNet "without masking", original ASNet)
+``fm``          feature masking: F * resize(mask)
+``im``          input masking: features of (normalised image * mask)
+``hm``          hybrid masking: where(FM > 0, FM, IM)
+``hm-add``      FM + IM ("simple add" ablation)
+``hm-reverse``  where(IM > 0, IM, FM) ("reverse" ablation)
+==============  ==============================================================
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import HmfssError
+
+
+def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H, W) binary mask -> (B, 1, h, w) by bilinear interpolation with align_corners=True."""
+    return F.interpolate(mask.unsqueeze(1).float(), size, mode="bilinear", align_corners=True)
+
+
+def feature_mask(feat: Tensor, mask: Tensor) -> Tensor:
+    """FM: (B, C, h, w) features times the mask resized to (h, w)."""
+    return feat * resize_mask(mask, tuple(feat.shape[-2:])).to(feat.dtype)
+
+
+def input_mask(images: Tensor, mask: Tensor) -> Tensor:
+    """IM input: normalised (B, 3, H, W) images times the (B, H, W) mask (0 = mean colour)."""
+    return images * mask.unsqueeze(1).to(images.dtype)
+
+
+def _none(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
+    return feat
+
+
+def _fm(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
+    return feature_mask(feat, mask)
+
+
+def _im(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
+    assert im is not None
+    return im
+
+
+def _hm(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
+    fm = feature_mask(feat, mask)
+    return torch.where(fm > 0, fm, im)
+
+
+def _hm_add(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
+    return feature_mask(feat, mask) + im
+
+
+def _hm_reverse(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
+    return torch.where(im > 0, im, feature_mask(feat, mask))
+
+
+STRATEGIES: dict[str, Callable[[Tensor, Tensor | None, Tensor], Tensor]] = {
+    "none": _none,
+    "fm": _fm,
+    "im": _im,
+    "hm": _hm,
+    "hm-add": _hm_add,
+    "hm-reverse": _hm_reverse,
+}
+
+
+def check_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise HmfssError(f"unknown masking strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return name
+
+
+def needs_input_masking(name: str) -> bool:
+    """Whether the strategy needs the features of the input-masked support image."""
+    return check_strategy(name) in ("im", "hm", "hm-add", "hm-reverse")
+
+
+def mask_support_features(
+    name: str, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor
+) -> list[Tensor]:
+    """Apply strategy ``name`` to every map: lists of (B, C_i, h_i, w_i), mask (B, H, W)."""
+    fn = STRATEGIES[check_strategy(name)]
+    if needs_input_masking(name) and im_feats is None:
+        raise ValueError(f"masking {name!r} needs the input-masked support features")
+    others = im_feats if im_feats is not None else [None] * len(feats)
+    return [fn(f, i, mask) for f, i in zip(feats, others)]

@@ -1,0 +1,221 @@
+"""Model assembly: backbone -> support masking -> correlation -> head -> mask.
+
+:func:`build_model` is the factory for every architecture; :class:`FewShotSegmenter` holds a
+frozen backbone and a learnable head and offers the original 1-shot forward, K-shot
+prediction with the original voting rule, and an encode-once / segment-many API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import Backbone, build_backbone
+from .correlation import hypercorrelation
+from .errors import HmfssError
+from .heads import HEADS, Head
+from .masking import check_strategy, input_mask, needs_input_masking
+
+DEFAULT_IMG_SIZE = {"hsnet": 400, "asnet": 400, "vat": 473}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in every hmfss checkpoint."""
+
+    arch: str = "hsnet"
+    backbone: str = "resnet50"
+    masking: str = "hm"
+    img_size: int = 400  # square input size the model was trained / is evaluated at
+    options: dict[str, Any] = field(default_factory=dict)  # head-specific (e.g. VAT benchmark)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SupportState:
+    """Encoded support set: masked support maps (B, K, C, h, w) and masks (B, K, H, W)."""
+
+    feats: list[Tensor]
+    masks: Tensor
+
+    @property
+    def shots(self) -> int:
+        return self.masks.shape[1]
+
+
+def vote(shot_masks: Tensor) -> Tensor:
+    """Original K-shot rule (SPEC §6.2): (B, K, H, W) binary -> (B, H, W) binary.
+
+    K = 1 returns the mask; otherwise votes are normalised by the episode's maximum vote
+    (at least 1) and thresholded at 0.5.
+    """
+    votes = shot_masks.sum(dim=1)
+    if shot_masks.shape[1] == 1:
+        return votes
+    top = votes.flatten(1).amax(dim=1).clamp(min=1).view(-1, 1, 1)
+    return (votes.float() / top >= 0.5).to(votes.dtype)
+
+
+def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)
+
+
+class FewShotSegmenter(nn.Module):
+    """Frozen backbone + support masking + 4D correlation + learnable head."""
+
+    def __init__(self, backbone: Backbone, head: Head, config: ModelConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+        self.levels = backbone.info.levels
+
+    @property
+    def masking(self) -> str:
+        return self.config.masking
+
+    # ---- feature extraction --------------------------------------------------------------
+
+    def _extract(self, query: Tensor | None, supports: Tensor, masks: Tensor) -> tuple[list[Tensor] | None, list[Tensor]]:
+        """One backbone pass over query (B), supports (N) and, if needed, input-masked supports (N).
+
+        Returns the prepared query maps and the masked support maps (N, C, h, w).
+        """
+        chunks = [supports]
+        if needs_input_masking(self.masking):
+            chunks.append(input_mask(supports, masks))
+        if query is not None:
+            chunks.insert(0, query)
+        feats = self.backbone(torch.cat(chunks) if len(chunks) > 1 else chunks[0])
+        sizes = [c.shape[0] for c in chunks]
+        parts = [f.split(sizes) for f in feats]
+        offset = 0
+        query_feats = None
+        if query is not None:
+            query_feats = self.head.query_features([p[0] for p in parts])
+            offset = 1
+        support_feats = [p[offset] for p in parts]
+        im_feats = [p[offset + 1] for p in parts] if needs_input_masking(self.masking) else None
+        with torch.no_grad():
+            masked = self.head.support_features(support_feats, im_feats, masks, self.masking)
+        return query_feats, masked
+
+    def encode_support(self, support_imgs: Tensor, support_masks: Tensor) -> SupportState:
+        """(B, K, 3, H, W), (B, K, H, W) -> reusable :class:`SupportState`."""
+        b, k = support_masks.shape[:2]
+        _, masked = self._extract(None, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float())
+        return SupportState([f.unflatten(0, (b, k)) for f in masked], support_masks.float())
+
+    def encode_query(self, query_img: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) -> prepared query maps."""
+        return self.head.query_features(self.backbone(query_img))
+
+    # ---- head -----------------------------------------------------------------------------
+
+    def lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
+        """Head logits at the learner's resolution for every shot: (B, K, 2, h, w)."""
+        b, k = query_feats[0].shape[0], state.shots
+        with torch.no_grad():
+            # a support set encoded once (batch 1) broadcasts over a batch of queries
+            corr = hypercorrelation([q.unsqueeze(1) for q in query_feats], state.feats, self.levels)
+        corr = [c.expand(b, *c.shape[1:]).flatten(0, 1) for c in corr]
+        masks = state.masks.expand(b, *state.masks.shape[1:])
+        logits = self.head(corr, query_feats=query_feats, shots=k, support_mask=masks.flatten(0, 1))
+        return logits.unflatten(0, (b, k))
+
+    def forward(self, query_img: Tensor, support_img: Tensor, support_mask: Tensor) -> Tensor:
+        """Original 1-shot forward: (B,3,H,W), (B,3,H,W), (B,H,W) -> logits (B,2,H,W)."""
+        query_feats, masked = self._extract(query_img, support_img, support_mask.float())
+        state = SupportState([f.unsqueeze(1) for f in masked], support_mask.float().unsqueeze(1))
+        logits = self.lowres_logits(query_feats, state)[:, 0]
+        return _upsample(logits, support_img.shape[-2:])
+
+    # ---- prediction -----------------------------------------------------------------------
+
+    def segment(
+        self,
+        query_img: Tensor,
+        state: SupportState,
+        output_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    ) -> Tensor | list[Tensor]:
+        """Binary masks for queries (B, 3, H, W) given an encoded support set.
+
+        ``output_size`` None: (B, H, W) at the input size; one (h, w): (B, h, w); a list of
+        B sizes: a list of (h_i, w_i) masks (logits upsampled straight to each size, like the
+        original ``use_original_imgsize`` mode).
+        """
+        return self._masks_from_logits(self.lowres_logits(self.encode_query(query_img), state), query_img, output_size)
+
+    def predict_mask(
+        self,
+        query_img: Tensor,
+        support_imgs: Tensor,
+        support_masks: Tensor,
+        output_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    ) -> Tensor | list[Tensor]:
+        """K-shot prediction: (B,3,H,W), (B,K,3,H,W), (B,K,H,W) -> (B,H,W) in {0,1}.
+
+        One backbone pass for query, supports and input-masked supports; query features are
+        computed once whatever K. See :meth:`segment` for ``output_size``.
+        """
+        b, k = support_masks.shape[:2]
+        query_feats, masked = self._extract(query_img, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float())
+        state = SupportState([f.unflatten(0, (b, k)) for f in masked], support_masks.float())
+        return self._masks_from_logits(self.lowres_logits(query_feats, state), query_img, output_size)
+
+    def _masks_from_logits(self, logits: Tensor, query_img: Tensor, output_size) -> Tensor | list[Tensor]:
+        b, k = logits.shape[:2]
+        if output_size is None:
+            output_size = tuple(query_img.shape[-2:])
+        if len(output_size) and isinstance(output_size[0], (tuple, list, torch.Size)):
+            if len(output_size) != b:
+                raise ValueError(f"expected {b} output sizes, got {len(output_size)}")
+            return [
+                vote(_upsample(logits[i], size).argmax(dim=1).unsqueeze(0))[0]
+                for i, size in enumerate(output_size)
+            ]
+        shot_masks = _upsample(logits.flatten(0, 1), output_size).argmax(dim=1)
+        return vote(shot_masks.unflatten(0, (b, k)))
+
+
+def build_model(
+    arch: str,
+    backbone: str = "resnet50",
+    masking: str = "hm",
+    backbone_weights: str | None = None,
+    img_size: int | None = None,
+    **options: Any,
+) -> FewShotSegmenter:
+    """Build a few-shot segmenter.
+
+    arch: "hsnet" (and the other registered heads); backbone: "resnet50", "resnet101",
+    "vgg16" or "efficientnet-lite0"; masking: none | fm | im | hm | hm-add | hm-reverse;
+    backbone_weights: a torchvision-style ImageNet .pth, or "imagenet" for the weights that
+    ship with EfficientNet-Lite0; options: head-specific settings.
+    """
+    if arch not in HEADS:
+        raise HmfssError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(HEADS))}")
+    check_strategy(masking)
+    head_cls = HEADS[arch]
+    net = build_backbone(backbone, backbone_weights, extra_shallow=head_cls.extra_shallow)
+    head = head_cls(in_channels=net.info.levels, backbone_info=net.info, **options)
+    config = ModelConfig(arch, backbone, masking, img_size or DEFAULT_IMG_SIZE.get(arch, 400), dict(options))
+    return FewShotSegmenter(net, head, config)
+
+
+def learnable_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (the head's; the backbone is frozen)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

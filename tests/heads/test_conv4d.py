@@ -1,0 +1,54 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hmfss.heads.conv4d import CenterPivotConv4d, resize_query_dims
+
+
+def dense_conv4d(x, weight, bias, stride):
+    """Naive dense 4D convolution: stride (1, 1, s, s), zero padding k//2 on all four dims."""
+    n, c, a, b, hs, ws = x.shape
+    k = weight.shape[-1]
+    p = k // 2
+    xp = F.pad(x, (p,) * 8)
+    oh, ow = (hs + 2 * p - k) // stride + 1, (ws + 2 * p - k) // stride + 1
+    out = torch.zeros(n, weight.shape[0], a, b, oh, ow, dtype=x.dtype)
+    for i, j, m, l in itertools.product(range(k), repeat=4):
+        patch = xp[:, :, i:i + a, j:j + b, m:m + (oh - 1) * stride + 1:stride, l:l + (ow - 1) * stride + 1:stride]
+        out += torch.einsum("ncabhw,oc->noabhw", patch, weight[:, :, i, j, m, l])
+    return out + bias.view(1, -1, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "k,s,shape",
+    [(3, 1, (5, 4, 6, 5)), (3, 2, (4, 5, 7, 6)), (5, 4, (3, 5, 9, 7)), (5, 2, (4, 3, 5, 8)), (1, 1, (3, 3, 3, 3))],
+)
+def test_center_pivot_equals_dense_4d_conv_with_two_centre_planes(k, s, shape):
+    torch.manual_seed(k * 10 + s)
+    conv = CenterPivotConv4d(3, 4, k, s).double()
+    x = torch.randn(2, 3, *shape, dtype=torch.double)
+    c = k // 2
+    w4 = torch.zeros(4, 3, k, k, k, k, dtype=torch.double)
+    w4[:, :, :, :, c, c] += conv.conv1.weight.detach()  # query plane at the support centre
+    w4[:, :, c, c, :, :] += conv.conv2.weight.detach()  # support plane at the query centre
+    expected = dense_conv4d(x, w4, (conv.conv1.bias + conv.conv2.bias).detach(), s)
+    out = conv(x)
+    assert out.shape == expected.shape
+    assert out.shape[-2:] == (-(-shape[2] // s), -(-shape[3] // s))
+    torch.testing.assert_close(out, expected)
+
+
+def test_no_cached_index_works_across_sizes():
+    conv = CenterPivotConv4d(2, 3, 3, 2)
+    assert conv(torch.randn(1, 2, 4, 4, 9, 9)).shape == (1, 3, 4, 4, 5, 5)
+    assert conv(torch.randn(1, 2, 3, 5, 6, 4)).shape == (1, 3, 3, 5, 3, 2)
+
+
+def test_resize_query_dims_interpolates_each_support_position():
+    x = torch.randn(2, 3, 4, 4, 2, 3)
+    out = resize_query_dims(x, (7, 7))
+    expected = F.interpolate(x[:, :, :, :, 1, 2], (7, 7), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(out[:, :, :, :, 1, 2], expected)
+    assert out.shape == (2, 3, 7, 7, 2, 3)

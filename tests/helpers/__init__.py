@@ -1,0 +1,20 @@
+"""Test helpers shared across the suite (importable as ``helpers``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_episode(batch: int = 1, shots: int = 1, size: int = 64, seed: int = 0):
+    """Random normalised images and blob masks: (B,3,S,S), (B,K,3,S,S), (B,K,S,S)."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, 3, size, size, generator=gen)
+    supports = torch.randn(batch, shots, 3, size, size, generator=gen)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = torch.zeros(batch, shots, size, size)
+    for b in range(batch):
+        for k in range(shots):
+            cy, cx = torch.randint(size // 4, 3 * size // 4, (2,), generator=gen).tolist()
+            r = int(torch.randint(size // 8, size // 3, (1,), generator=gen))
+            masks[b, k] = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float()
+    return query, supports, masks

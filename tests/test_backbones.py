@@ -1,0 +1,115 @@
+import re
+
+import pytest
+import torch
+
+from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path
+from hmfss.errors import HmfssError
+
+
+def _reference_resnet50_names(shared_reference):
+    names = {}
+    for line in (shared_reference / "hsnet_resnet50_checkpoint_keys.txt").read_text().splitlines():
+        key, shape = line.split(" ", 1)
+        if key.startswith("module.backbone.") and not key.startswith("module.backbone.fc."):
+            names[key.removeprefix("module.backbone.")] = tuple(int(x) for x in re.findall(r"\d+", shape))
+    return names
+
+
+def test_resnet50_names_and_shapes_equal_torchvision(shared_reference):
+    expected = _reference_resnet50_names(shared_reference)
+    state = build_backbone("resnet50").state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+
+
+def test_vgg16_names_follow_torchvision_indices():
+    state = build_backbone("vgg16").state_dict()
+    conv_ids = sorted({int(k.split(".")[1]) for k in state})
+    assert conv_ids == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    assert state["features.28.weight"].shape == (512, 512, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "name,count,shapes",
+    [
+        ("resnet50", 13, {0: (512, 50, 50), 4: (1024, 25, 25), 12: (2048, 13, 13)}),
+        ("resnet101", 30, {3: (512, 50, 50), 26: (1024, 25, 25), 27: (2048, 13, 13)}),
+        ("vgg16", 7, {0: (512, 50, 50), 3: (512, 25, 25), 6: (512, 12, 12)}),
+        ("efficientnet-lite0", 13, {0: (40, 50, 50), 2: (80, 25, 25), 12: (320, 13, 13)}),
+    ],
+)
+def test_tap_count_and_shapes_at_400(name, count, shapes):
+    backbone = build_backbone(name)
+    feats = backbone(torch.randn(1, 3, 400, 400))
+    assert len(feats) == count == sum(backbone.info.levels)
+    for index, shape in shapes.items():
+        assert tuple(feats[index].shape[1:]) == shape
+    assert [f.shape[1] for f in feats] == list(backbone.info.channels)
+
+
+def test_resnet_taps_are_pre_relu_block_outputs():
+    backbone = build_backbone("resnet50")
+    x = torch.randn(1, 3, 96, 96)
+    feats = backbone(x)
+    assert all((f < 0).any() for f in feats)
+    # independent recomputation of layer2.0's output: stem, layer1 (with ReLUs), then block
+    with torch.no_grad():
+        h = backbone.maxpool(torch.relu(backbone.bn1(backbone.conv1(x))))
+        for block in backbone.layer1:
+            h = torch.relu(block(h))
+        b = backbone.layer2[0]
+        out = b.bn3(b.conv3(torch.relu(b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h))))))))
+        out = out + b.downsample(h)
+    torch.testing.assert_close(feats[0], out)
+
+
+def test_extra_shallow_map_comes_first():
+    feats = build_backbone("resnet50", extra_shallow=True)(torch.randn(1, 3, 64, 64))
+    assert len(feats) == 14 and feats[0].shape[1] == 256 and feats[0].shape[-1] == 16
+
+
+def test_backbone_stays_frozen_and_in_eval_mode():
+    backbone = build_backbone("resnet50")
+    backbone.train()
+    assert not backbone.training
+    assert not any(p.requires_grad for p in backbone.parameters())
+    feats = backbone(torch.randn(1, 3, 64, 64, requires_grad=True))
+    assert not feats[-1].requires_grad
+
+
+def test_lite0_imagenet_weights_load_and_are_not_random():
+    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    backbone = build_backbone("efficientnet-lite0", "imagenet")
+    torch.testing.assert_close(backbone._conv_stem.weight, state["_conv_stem.weight"])
+    torch.testing.assert_close(backbone._blocks[15]._bn2.running_var, state["_blocks.15._bn2.running_var"])
+
+
+def test_torchvision_style_weight_file_loads_with_fc_keys(tmp_path):
+    source = build_backbone("resnet50")
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    state["fc.weight"] = torch.zeros(1000, 2048)
+    state["fc.bias"] = torch.zeros(1000)
+    path = tmp_path / "resnet50-19c8e357.pth"
+    torch.save(state, path)
+    loaded = build_backbone("resnet50", path)
+    torch.testing.assert_close(loaded.layer3[5].conv2.weight, state["layer3.5.conv2.weight"])
+
+
+def test_wrong_weight_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "vgg.pth"
+    torch.save(build_backbone("vgg16").state_dict(), path)
+    with pytest.raises(HmfssError, match="vgg.pth do not fit ResNetBackbone"):
+        build_backbone("resnet50", path)
+    with pytest.raises(HmfssError, match="not found"):
+        build_backbone("resnet50", tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(HmfssError, match="junk.pth"):
+        build_backbone("resnet50", tmp_path / "junk.pth")
+    with pytest.raises(HmfssError, match="unknown backbone"):
+        build_backbone("resnet18")
+    with pytest.raises(HmfssError, match="no offline ImageNet weights"):
+        build_backbone("resnet50", "imagenet")
+
+
+def test_registry_lists_all_backbones():
+    assert set(BACKBONES) == {"resnet50", "resnet101", "vgg16", "efficientnet-lite0"}

@@ -1,0 +1,50 @@
+import torch
+
+from hmfss.correlation import EPS, cosine_correlation, hypercorrelation
+
+
+def _naive(q, s):
+    b, c, hq, wq = q.shape
+    hs, ws = s.shape[-2:]
+    out = torch.zeros(b, hq, wq, hs, ws)
+    for i in range(hq):
+        for j in range(wq):
+            for k in range(hs):
+                for l in range(ws):
+                    u, v = q[:, :, i, j], s[:, :, k, l]
+                    cos = (u * v).sum(1) / ((u.norm(dim=1) + EPS) * (v.norm(dim=1) + EPS))
+                    out[:, i, j, k, l] = cos.clamp(min=0)
+    return out
+
+
+def test_cosine_correlation_matches_naive_definition():
+    q, s = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 2, 3)
+    corr = cosine_correlation(q, s)
+    assert corr.shape == (2, 3, 4, 2, 3)
+    torch.testing.assert_close(corr, _naive(q, s))
+    assert corr.min() >= 0 and corr.max() <= 1
+
+
+def test_eps_is_added_to_the_norm():
+    q = torch.full((1, 1, 1, 1), 1e-5)
+    s = torch.ones(1, 1, 1, 1)
+    # (1e-5 * 1) / ((1e-5 + 1e-5) * (1 + 1e-5)) ~= 0.5, far from the clamp-style 1.0
+    assert abs(cosine_correlation(q, s).item() - 0.5 / (1 + 1e-5)) < 1e-6
+
+
+def test_hypercorrelation_levels_deepest_first_with_mixed_channels():
+    sizes = [(4, 8), (5, 8), (6, 4), (6, 4), (8, 2), (9, 2)]  # (channels, spatial)
+    qs = [torch.randn(2, c, h, h) for c, h in sizes]
+    ss = [torch.randn(2, c, h, h) for c, h in sizes]
+    pyr = hypercorrelation(qs, ss, levels=(2, 2, 2))
+    assert [tuple(p.shape) for p in pyr] == [(2, 2, 2, 2, 2, 2), (2, 2, 4, 4, 4, 4), (2, 2, 8, 8, 8, 8)]
+    torch.testing.assert_close(pyr[0][:, 1], _naive(qs[5], ss[5]))
+    torch.testing.assert_close(pyr[2][:, 0], _naive(qs[0], ss[0]))
+
+
+def test_one_query_broadcasts_over_k_supports():
+    q = [torch.randn(2, 1, 3, 4, 4) for _ in range(3)]
+    s = [torch.randn(2, 5, 3, 4, 4) for _ in range(3)]
+    pyr = hypercorrelation(q, s, levels=(1, 1, 1))
+    assert pyr[0].shape == (2, 5, 1, 4, 4, 4, 4)
+    torch.testing.assert_close(pyr[0][1, 3, 0], _naive(q[2][1], s[2][1, 3:4])[0])

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from hmfss.errors import HmfssError
+from hmfss.masking import (
+    STRATEGIES,
+    feature_mask,
+    input_mask,
+    mask_support_features,
+    needs_input_masking,
+    resize_mask,
+)
+
+# A 1-channel 2x2 feature map and a 2x2 mask: no resizing involved.
+F = torch.tensor([[[[2.0, -1.0], [3.0, -4.0]]]])
+IM = torch.tensor([[[[5.0, 6.0], [-7.0, 0.5]]]])
+MASK = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("none", [[2.0, -1.0], [3.0, -4.0]]),
+        ("fm", [[2.0, -1.0], [0.0, 0.0]]),
+        ("im", [[5.0, 6.0], [-7.0, 0.5]]),
+        # HM keeps FM where FM > 0, else IM
+        ("hm", [[2.0, 6.0], [-7.0, 0.5]]),
+        ("hm-add", [[7.0, 5.0], [-7.0, 0.5]]),
+        # reverse keeps IM where IM > 0, else FM
+        ("hm-reverse", [[5.0, 6.0], [0.0, 0.5]]),
+    ],
+)
+def test_strategies_on_hand_made_tensors(name, expected):
+    out = mask_support_features(name, [F], [IM], MASK)[0]
+    assert out.tolist() == [[expected]]
+
+
+def test_six_strategies_and_which_need_input_masking():
+    assert list(STRATEGIES) == ["none", "fm", "im", "hm", "hm-add", "hm-reverse"]
+    assert [needs_input_masking(n) for n in STRATEGIES] == [False, False, True, True, True, True]
+    with pytest.raises(HmfssError, match="unknown masking"):
+        needs_input_masking("fancy")
+
+
+def test_mask_resize_is_bilinear_align_corners():
+    mask = torch.tensor([[[0.0, 0.0, 1.0]] * 3])  # (1, 3, 3): right column on
+    out = resize_mask(mask, (3, 5))[0, 0, 0]
+    # align_corners=True: output x in {0, .5, 1, 1.5, 2} in input coordinates
+    assert out.tolist() == [0.0, 0.0, 0.0, 0.5, 1.0]
+    feat = torch.ones(1, 2, 3, 5)
+    assert feature_mask(feat, mask)[0, 1, 0].tolist() == [0.0, 0.0, 0.0, 0.5, 1.0]
+
+
+def test_input_masking_zeroes_normalised_pixels():
+    img = torch.randn(2, 3, 4, 4)
+    mask = torch.zeros(2, 4, 4)
+    mask[:, :2] = 1
+    out = input_mask(img, mask)
+    assert torch.equal(out[:, :, :2], img[:, :, :2]) and out[:, :, 2:].abs().sum() == 0
