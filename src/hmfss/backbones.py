@@ -55,9 +55,13 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) -> tapped maps, shallow to deep; computed without gradients."""
+        """(B, 3, H, W) -> tapped maps, shallow to deep; computed without gradients.
+
+        Runs channels-last (faster convolutions on CPU and GPU); the maps come out
+        channels-last too, which is also the layout the correlation's matmul wants.
+        """
         with torch.no_grad():
-            return self.extract(images)
+            return self.extract(images.contiguous(memory_format=torch.channels_last))
 
     def load_weights(self, path: str | Path) -> None:
         """Load an ImageNet weight file with this backbone's parameter names."""
@@ -339,4 +343,4 @@ def build_backbone(name: str, weights: str | Path | None = None, extra_shallow: 
         backbone.load_weights(weights)
     for param in backbone.parameters():
         param.requires_grad_(False)
-    return backbone
+    return backbone.to(memory_format=torch.channels_last)

@@ -18,7 +18,12 @@ def test_layer_shapes_resnet50_at_400():
     shapes = []
     for module in head.modules():
         if isinstance(module, CenterPivotConv4d):
-            module.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+            def record(x, _fn=module.forward_cl):
+                out = _fn(x)  # (N, Hq, Wq, Hs, Ws, C) -> report as (C, Hq, Wq, Hs, Ws)
+                shapes.append((out.shape[-1], *out.shape[1:-1]))
+                return out
+
+            module.forward_cl = record
     corr = [torch.rand(1, 3, 13, 13, 13, 13), torch.rand(1, 6, 25, 25, 25, 25), torch.rand(1, 4, 50, 50, 50, 50)]
     with torch.no_grad():
         logits = head(corr)

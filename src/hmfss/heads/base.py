@@ -7,11 +7,12 @@ overriding :meth:`Head.query_features` / :meth:`Head.support_features`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
 from ..masking import mask_support_features
+from .recipe import HSNET_RECIPE, Recipe
 
 HEADS: dict[str, type["Head"]] = {}
 
@@ -31,6 +32,12 @@ class Head(nn.Module):
     arch: str = ""
     original_prefix: str = ""  # head key prefix in the original checkpoints (after "module.")
     extra_shallow: bool = False  # whether the backbone must return its extra shallow map
+    recipe: Recipe = HSNET_RECIPE  # the original training recipe (optimiser, sizes, augmentation)
+
+    @classmethod
+    def default_img_size(cls, **options: Any) -> int | None:
+        """Square input size of the original model with these head options (None: arch default)."""
+        return None
 
     def query_features(self, feats: list[Tensor]) -> list[Tensor]:
         """Prepare the query's tapped maps (B, C, h, w) before correlation."""

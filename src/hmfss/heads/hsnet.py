@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Head, register_head
-from .conv4d import CenterPivotConv4d, resize_query_dims
+from .conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims_cl, to_channels_last
 
 
 def squeeze_block(cin: int, couts: list[int], kernels: list[int], strides: list[int]) -> nn.Sequential:
@@ -16,6 +17,14 @@ def squeeze_block(cin: int, couts: list[int], kernels: list[int], strides: list[
         layers += [CenterPivotConv4d(cin, cout, k, s), nn.GroupNorm(4, cout), nn.ReLU(inplace=True)]
         cin = cout
     return nn.Sequential(*layers)
+
+
+def run_block_cl(block: nn.Sequential, x: Tensor) -> Tensor:
+    """Run a :func:`squeeze_block` on a query-major channels-last (N, Hq, Wq, Hs, Ws, C) tensor."""
+    for index in range(0, len(block), 3):
+        conv, norm = block[index], block[index + 1]
+        x = torch.relu_(group_norm_cl(conv.forward_cl(x), norm))
+    return x
 
 
 def hsnet_decoder(channels: int = 128) -> tuple[nn.Sequential, nn.Sequential]:
@@ -57,9 +66,10 @@ class HSNetHead(Head):
         self.decoder1, self.decoder2 = hsnet_decoder()
 
     def forward(self, corr: list[Tensor], **context) -> Tensor:
-        sqz4 = self.encoder_layer4(corr[0])
-        sqz3 = self.encoder_layer3(corr[1])
-        sqz2 = self.encoder_layer2(corr[2])
-        mix43 = self.encoder_layer4to3(resize_query_dims(sqz4, sqz3.shape[2:4]) + sqz3)
-        mix432 = self.encoder_layer3to2(resize_query_dims(mix43, sqz2.shape[2:4]) + sqz2)
-        return decode(self.decoder1, self.decoder2, mix432.mean(dim=(-2, -1)))
+        # all 4D work in the query-major channels-last layout (see conv4d)
+        sqz4 = run_block_cl(self.encoder_layer4, to_channels_last(corr[0]))
+        sqz3 = run_block_cl(self.encoder_layer3, to_channels_last(corr[1]))
+        sqz2 = run_block_cl(self.encoder_layer2, to_channels_last(corr[2]))
+        mix43 = run_block_cl(self.encoder_layer4to3, resize_query_dims_cl(sqz4, sqz3.shape[1:3]) + sqz3)
+        mix432 = run_block_cl(self.encoder_layer3to2, resize_query_dims_cl(mix43, sqz2.shape[1:3]) + sqz2)
+        return decode(self.decoder1, self.decoder2, mix432.mean(dim=(3, 4)).permute(0, 3, 1, 2))
