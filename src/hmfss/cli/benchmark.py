@@ -1,0 +1,65 @@
+"""``hmfss benchmark``: seconds per episode, throughput, memory and FLOPs on random inputs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="measure speed, memory and FLOPs (random weights, no checkpoint needed)",
+        description="Measure seconds per episode, episodes/s, queries/s with a fixed support set, "
+        "peak memory, parameters and FLOPs of a model on random inputs.",
+    )
+    p.add_argument("--arch", default="hsnet")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--masking", default="hm")
+    p.add_argument("--nshot", type=int, default=1)
+    p.add_argument("--img-size", type=int, default=400)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (reports mask agreement with fp32)")
+    p.add_argument("--batch", type=int, default=1, help="episodes (and stream queries) per forward")
+    p.add_argument("--compile", action="store_true", help="torch.compile the head")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (default 5)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--stream-queries", type=int, default=8, help="queries in the fixed-support stream")
+    p.add_argument("--no-naive", action="store_true", help="skip timing the K-separate-forwards path")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--benchmark", dest="benchmark_name", default=None, help="VAT configuration (pascal/coco/fss)")
+    p.add_argument("--json", default=None, help="write all figures to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ..engine.benchmark import BenchmarkConfig, format_table, run_benchmark
+    from ..errors import HmfssError
+    from .predict import resolve_device
+
+    for name in ("nshot", "img_size", "batch", "repeats", "stream_queries"):
+        if getattr(args, name) < 1:
+            raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    options = {"benchmark": args.benchmark_name} if args.benchmark_name else {}
+    cfg = BenchmarkConfig(
+        arch=args.arch, backbone=args.backbone, masking=args.masking, nshot=args.nshot,
+        img_size=args.img_size, device=str(device), amp=args.amp, batch=args.batch,
+        compile=args.compile, repeats=args.repeats, warmup=args.warmup,
+        stream_queries=args.stream_queries, naive=not args.no_naive, options=options,
+    )
+    result = run_benchmark(cfg)
+    print(format_table(result))
+    if args.json:
+        from pathlib import Path
+
+        from ..engine.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0

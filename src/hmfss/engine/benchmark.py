@@ -1,0 +1,198 @@
+"""Speed measurement of a model on random inputs (no checkpoint needed).
+
+Measures, after warm-up: seconds per K-shot episode (``predict_mask``: one batched backbone
+pass, query features once), the same episode the straightforward way (K independent 1-shot
+forwards + vote, as the original code does), queries/s with a fixed support set (encode once,
+segment many), peak memory, learnable parameters, FLOPs per episode and the achieved FLOP
+rate against the machine's measured matmul rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..model import FewShotSegmenter, build_model, learnable_parameters, vote
+
+
+@dataclass
+class BenchmarkConfig:
+    arch: str = "hsnet"
+    backbone: str = "resnet50"
+    masking: str = "hm"
+    nshot: int = 1
+    img_size: int = 400
+    device: str = "cpu"
+    amp: bool = False
+    batch: int = 1
+    compile: bool = False
+    repeats: int = 5
+    warmup: int = 1
+    stream_queries: int = 8
+    naive: bool = True  # also time the straightforward K-forward path
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _timings(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+    }
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Measured GFLOP/s of a large square matmul on ``device`` (the achievable peak)."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times = _timings(lambda: a @ b, repeats=5, warmup=2, sync=sync)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call (torch.utils.flop_counter: 2 per multiply-add; conv/matmul)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def naive_predict(model: FewShotSegmenter, query, supports, masks):
+    """The original K-shot routine: K independent 1-shot forwards, argmax, vote."""
+    shots = [model(query, supports[:, k], masks[:, k]).argmax(dim=1) for k in range(masks.shape[1])]
+    return vote(torch.stack(shots, dim=1))
+
+
+def random_episode(cfg: BenchmarkConfig, device: torch.device):
+    gen = torch.Generator().manual_seed(cfg.seed)
+    b, k, s = cfg.batch, cfg.nshot, cfg.img_size
+    query = torch.randn(b, 3, s, s, generator=gen)
+    supports = torch.randn(b, k, 3, s, s, generator=gen)
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    masks = ((yy - s / 2) ** 2 + (xx - s / 2) ** 2 <= (s / 4) ** 2).float().expand(b, k, s, s).contiguous()
+    return query.to(device), supports.to(device), masks.to(device)
+
+
+def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -> dict[str, Any]:
+    """Run every measurement; returns a JSON-serialisable dict."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model = build_model(cfg.arch, cfg.backbone, cfg.masking, img_size=cfg.img_size, **cfg.options)
+    model = model.to(device).eval()
+    query, supports, masks = random_episode(cfg, device)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
+    predict = model.predict_mask
+    if cfg.compile:
+        model.head = torch.compile(model.head)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def episode():
+        with torch.inference_mode(), amp:
+            return predict(query, supports, masks)
+
+    def naive():
+        with torch.inference_mode(), amp:
+            return naive_predict(model, query, supports, masks)
+
+    with torch.inference_mode():
+        state = model.encode_support(supports[:1], masks[:1])
+    stream_batch = torch.randn(cfg.stream_queries, 3, cfg.img_size, cfg.img_size, device=device)
+
+    def stream():
+        with torch.inference_mode(), amp:
+            for i in range(0, cfg.stream_queries, cfg.batch):
+                model.segment(stream_batch[i:i + cfg.batch], state)
+
+    result: dict[str, Any] = {"config": asdict(cfg), "device_name": _device_name(device)}
+    result["threads"] = torch.get_num_threads()
+    result["learnable_parameters"] = learnable_parameters(model)
+    with torch.inference_mode():
+        flops = count_flops(lambda: predict(query, supports, masks))
+    result["gflops_per_episode"] = flops / cfg.batch / 1e9
+    ep = _summary(_timings(episode, cfg.repeats, cfg.warmup, sync))
+    ep = {k: v / cfg.batch for k, v in ep.items()}  # per episode
+    result["episode"] = ep
+    result["episodes_per_s"] = 1.0 / ep["median_s"]
+    result["achieved_gflops_per_s"] = result["gflops_per_episode"] / ep["median_s"]
+    if cfg.naive:
+        nv = {k: v / cfg.batch for k, v in _summary(_timings(naive, cfg.repeats, cfg.warmup, sync)).items()}
+        result["naive_episode"] = nv
+        with torch.inference_mode():
+            result["naive_masks_equal"] = bool(torch.equal(episode(), naive()))
+    st = _summary(_timings(stream, max(2, cfg.repeats // 2), 1, sync))
+    result["stream"] = {"queries": cfg.stream_queries, **st}
+    result["stream_queries_per_s"] = cfg.stream_queries / st["median_s"]
+    if cfg.amp:
+        with torch.inference_mode():
+            exact = model.predict_mask(query, supports, masks)
+        result["amp_mask_agreement"] = float((episode() == exact).float().mean())
+    result["peak_memory_mb"] = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    result["peak_memory_kind"] = "max allocated (GPU)" if cuda else "peak RSS of the process"
+    result["matmul_peak_gflops_per_s"] = matmul_peak(device, torch.bfloat16 if cfg.amp else torch.float32)
+    result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] / result["matmul_peak_gflops_per_s"]
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A compact human-readable table of :func:`run_benchmark`'s result."""
+    cfg = result["config"]
+    rows = [
+        ("model", f"{cfg['arch']}-{cfg['masking']} / {cfg['backbone']} @ {cfg['img_size']}, {cfg['nshot']}-shot, batch {cfg['batch']}"),
+        ("device", f"{result['device_name']}{' bf16 autocast' if cfg['amp'] else ' fp32'}"),
+        ("learnable parameters", f"{result['learnable_parameters']:,}"),
+        ("GFLOPs / episode", f"{result['gflops_per_episode']:.1f}"),
+        ("s / episode (median)", f"{result['episode']['median_s']:.4f}  (min {result['episode']['min_s']:.4f}, max {result['episode']['max_s']:.4f})"),
+        ("episodes / s", f"{result['episodes_per_s']:.3f}"),
+    ]
+    if "naive_episode" in result:
+        ratio = result["episode"]["median_s"] / result["naive_episode"]["median_s"]
+        rows.append(("s / episode, K separate forwards", f"{result['naive_episode']['median_s']:.4f}  (fast path = {ratio:.2f}x, masks equal: {result['naive_masks_equal']})"))
+    rows += [
+        ("queries / s, fixed support", f"{result['stream_queries_per_s']:.3f}"),
+        ("achieved GFLOP/s", f"{result['achieved_gflops_per_s']:.1f}  ({100 * result['fraction_of_matmul_peak']:.0f}% of matmul {result['matmul_peak_gflops_per_s']:.1f})"),
+        ("peak memory (MB)", f"{result['peak_memory_mb']:.0f}  ({result['peak_memory_kind']})"),
+    ]
+    if "amp_mask_agreement" in result:
+        rows.append(("bf16 vs fp32 mask agreement", f"{100 * result['amp_mask_agreement']:.2f}% of pixels"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,52 @@
+import json
+
+import torch
+
+from hmfss.cli.main import main
+from hmfss.engine.benchmark import BenchmarkConfig, naive_predict, random_episode, run_benchmark
+from hmfss.model import build_model
+
+
+def test_benchmark_reports_every_figure_and_fast_path_equals_naive():
+    cfg = BenchmarkConfig(backbone="efficientnet-lite0", nshot=3, img_size=64, repeats=2, stream_queries=2, batch=2)
+    result = run_benchmark(cfg)
+    assert result["naive_masks_equal"] is True
+    assert result["learnable_parameters"] == 2_572_770
+    for key in ("episode", "naive_episode", "stream"):
+        assert 0 < result[key]["min_s"] <= result[key]["median_s"] <= result[key]["max_s"]
+    assert result["gflops_per_episode"] > 0 and result["matmul_peak_gflops_per_s"] > 0
+    assert result["peak_memory_mb"] > 0
+    assert abs(result["episodes_per_s"] * result["episode"]["median_s"] - 1) < 1e-9
+
+
+def test_flop_count_scales_with_shots_like_the_pipeline():
+    """K shots cost one query pass plus K support passes (+K input-masked passes for HM)."""
+    from hmfss.engine.benchmark import count_flops
+
+    model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
+    per_k = []
+    for k in (1, 2):
+        q, s, m = random_episode(BenchmarkConfig(nshot=k, img_size=64), torch.device("cpu"))
+        with torch.inference_mode():
+            per_k.append(count_flops(lambda: model.predict_mask(q, s, m)))
+    backbone = count_flops(lambda: model.backbone(torch.zeros(1, 3, 64, 64)))
+    # going from 1 to 2 shots adds two backbone passes (support + masked support) and one head run
+    head = per_k[0] - 3 * backbone
+    assert per_k[1] - per_k[0] == 2 * backbone + head
+
+
+def test_bf16_path_runs_and_reports_agreement():
+    cfg = BenchmarkConfig(backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, amp=True, naive=False)
+    result = run_benchmark(cfg)
+    assert 0.0 <= result["amp_mask_agreement"] <= 1.0
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["benchmark", "--backbone", "efficientnet-lite0", "--img-size", "64", "--repeats", "1",
+                 "--stream-queries", "1", "--no-naive", "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["img_size"] == 64 and "episodes_per_s" in data
+    assert "s / episode (median)" in capsys.readouterr().out
+    assert main(["benchmark", "--nshot", "0"]) == 2
