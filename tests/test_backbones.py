@@ -98,7 +98,7 @@ def test_torchvision_style_weight_file_loads_with_fc_keys(tmp_path):
 def test_wrong_weight_file_is_a_clear_error(tmp_path):
     path = tmp_path / "vgg.pth"
     torch.save(build_backbone("vgg16").state_dict(), path)
-    with pytest.raises(HmfssError, match="vgg.pth do not fit ResNetBackbone"):
+    with pytest.raises(HmfssError, match="vgg.pth does not fit ResNetBackbone: missing key"):
         build_backbone("resnet50", path)
     with pytest.raises(HmfssError, match="not found"):
         build_backbone("resnet50", tmp_path / "missing.pth")

@@ -79,19 +79,9 @@ class Backbone(nn.Module):
             raise HmfssError(f"backbone weights {path} hold no state_dict")
         state = {k.removeprefix("module."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith(self.ignored_keys)}
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            what = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
-            raise HmfssError(f"backbone weights {path} do not fit {type(self).__name__}: {what}")
-        for key, value in state.items():
-            if tuple(value.shape) != tuple(own[key].shape):
-                raise HmfssError(
-                    f"backbone weights {path}: {key} has shape {tuple(value.shape)}, "
-                    f"expected {tuple(own[key].shape)}"
-                )
-        self.load_state_dict(state)
+        from .engine.checkpoint import load_state
+
+        load_state(self, state, path, kind="backbone weights")
 
 
 # --------------------------------------------------------------------------------------------

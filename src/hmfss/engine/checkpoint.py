@@ -120,21 +120,22 @@ def _describe(names: list[str]) -> str:
     return f"{names[0]!r}{more}"
 
 
-def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path) -> None:
-    """Strictly load ``state``: any missing/unexpected key or shape mismatch is an error."""
+def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, kind: str = "checkpoint") -> None:
+    """Strictly load ``state``: any missing/unexpected key or shape mismatch is an error
+    naming the file (described as ``kind``) and the key."""
     own = model.state_dict()
     cfg = getattr(model, "config", None)
     what = f"{cfg.arch}/{cfg.backbone}" if cfg is not None else type(model).__name__
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing:
-        raise HmfssError(f"checkpoint {path} does not fit {what}: missing key {_describe(missing)}")
+        raise HmfssError(f"{kind} {path} does not fit {what}: missing key {_describe(missing)}")
     if unexpected:
-        raise HmfssError(f"checkpoint {path} does not fit {what}: unexpected key {_describe(unexpected)}")
+        raise HmfssError(f"{kind} {path} does not fit {what}: unexpected key {_describe(unexpected)}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
             raise HmfssError(
-                f"checkpoint {path} does not fit {what}: {key} has shape {tuple(value.shape)}, "
+                f"{kind} {path} does not fit {what}: {key} has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(own[key].shape)}"
             )
     model.load_state_dict(state)
