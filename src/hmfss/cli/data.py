@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare datasets (split lists, COCO masks, VOC SegmentationClassAug)",
                        description="Dataset preparation tools.")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    from .synthetic import register_synthetic
+
+    register_synthetic(tools)
 
     s = tools.add_parser("splits", help="download the standard split lists of the original HSNet repository",
                          description="Download pascal/{trn,val}/foldN.txt, coco/{trn,val}/foldN.pkl and "

@@ -1,0 +1,131 @@
+"""``hmfss train``: episodic training (SPEC §5), single process or DDP under ``torchrun``.
+
+Settings come from the defaults, then ``--config FILE`` (YAML or JSON), then the flags given
+on the command line. ``--resume RUN`` continues RUN from its ``last.pt`` with RUN's saved
+config (only run-time settings such as --epochs or --workers may be changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+S = argparse.SUPPRESS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a few-shot segmenter (1-shot episodes; DDP via torchrun)",
+        description="Episodic 1-shot training with the original recipe (Adam lr 1e-3, 2-class cross-entropy, "
+                    "frozen backbone), validation every epoch, best-mIoU checkpoint. Multi-GPU / multi-node: "
+                    "torchrun --nproc_per_node N -m hmfss.cli.main train ... (--bsz is the global batch).",
+        argument_default=S,
+    )
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON settings (flags override them)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from RUN/last.pt")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--benchmark", choices=("pascal", "coco", "fss", "folder"), help="benchmark (default fss)")
+    d.add_argument("--datapath", help="dataset root (VOC2012/, COCO2014/, FSS-1000/; folder: DIR/<class>/images|masks)")
+    d.add_argument("--splits", help="split-list folder (default $HMFSS_SPLITS or DATAPATH/splits)")
+    d.add_argument("--fold", type=int, help="fold 0-3 (pascal, coco; default 0)")
+    d.add_argument("--classes", metavar="FILE", help="folder: file listing the test classes")
+    d.add_argument("--test-ratio", type=float, help="folder: seeded fraction of test classes")
+    d.add_argument("--split-seed", type=int, help="folder: seed of --test-ratio (default 0)")
+    d.add_argument("--img-size", type=int, help="input size (default: the architecture's, 400 for hsnet)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", help="head: hsnet (default) or another registered head")
+    m.add_argument("--backbone", help="resnet50 (default) | resnet101 | vgg16 | efficientnet-lite0")
+    m.add_argument("--backbone-weights", metavar="PTH",
+                   help="ImageNet weights: a torchvision .pth, or 'imagenet' for efficientnet-lite0")
+    m.add_argument("--masking", help="none | fm | im | hm (default) | hm-add | hm-reverse")
+    m.add_argument("--model-option", action="append", dest="model_option", metavar="KEY=VALUE",
+                   help="head-specific option (repeatable)")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    o.add_argument("--bsz", type=int, help="episodes per step over all processes (default 20)")
+    o.add_argument("--epochs", "--niter", type=int, dest="epochs", help="number of epochs (default 100)")
+    o.add_argument("--episodes-per-epoch", type=int,
+                   help="training episodes per epoch (default: the benchmark's epoch size)")
+    o.add_argument("--seed", type=int, help="training seed (default 0)")
+
+    v = p.add_argument_group("validation")
+    v.add_argument("--val-split", choices=("val", "test", "heldout"),
+                   help="model selection on: val (default; the original's: pascal/coco val = the test "
+                        "episodes, fss = its val classes), test, or heldout (a seeded subset of the "
+                        "training classes, removed from training)")
+    v.add_argument("--heldout-ratio", type=float, help="fraction of training classes held out (default 0.1)")
+    v.add_argument("--heldout-seed", type=int, help="seed of the held-out classes (default 0)")
+    v.add_argument("--val-episodes", type=int, help="validation episodes (default: the split's standard count)")
+    v.add_argument("--val-seed", type=int, help="validation episode seed (default 0)")
+    v.add_argument("--val-protocol", choices=("hsnet", "asnet", "seeded"), help="validation episode protocol")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--logdir", metavar="RUN", help="run directory (config, log, history, best.pt, last.pt)")
+    r.add_argument("--workers", type=int, help="data-loading worker processes per rank (default 4)")
+    r.add_argument("--device", help="auto (default: this rank's GPU, else CPU) | cpu | cuda | cuda:N")
+    r.add_argument("--amp", action="store_true", dest="amp", help="mixed precision (bf16 where supported)")
+    r.add_argument("--no-amp", action="store_false", dest="amp", help="full precision (default)")
+    r.add_argument("--compile", action="store_true", dest="compile", help="torch.compile the model")
+    r.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also write last.pt every STEPS steps inside an epoch (default: epoch end only)")
+    r.add_argument("--no-tensorboard", action="store_false", dest="tensorboard", help="no TensorBoard scalars")
+    r.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
+    r.add_argument("--skip-bad-images", action="store_true", dest="skip_bad_images",
+                   help="skip episodes with unreadable files (counted in the log) instead of stopping")
+    r.add_argument("--find-unused-parameters", action="store_true", dest="find_unused_parameters",
+                   help="DDP: allow head parameters that get no gradient")
+    r.add_argument("--stop-after-steps", type=int, dest="stop_after_steps", help=S)  # debug: simulated crash
+    p.set_defaults(func=run)
+
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    from ..engine.config import config_fields
+    from ..errors import HmfssError
+
+    names = set(config_fields())
+    out = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "model_option", None):
+        import yaml
+
+        options = {}
+        for item in args.model_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise HmfssError(f"--model-option expects KEY=VALUE, got {item!r}")
+            try:
+                options[key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                options[key] = value
+        out["model_options"] = options
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.config import resolve_config
+    from ..engine.train import TrainingStopped, resume_config, train
+    from ..errors import HmfssError
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        if args.config:
+            raise HmfssError("--resume uses the run's own config.yaml; do not pass --config")
+        cfg = resume_config(args.resume, overrides)
+    else:
+        cfg = resolve_config(args.config, overrides)
+        if not cfg.logdir:
+            raise HmfssError("give a run directory with --logdir RUN (or --resume RUN)")
+    try:
+        result = train(cfg, resume=bool(args.resume), stop_after_steps=getattr(args, "stop_after_steps", None))
+    except TrainingStopped as exc:
+        print(f"hmfss: {exc}; continue with: hmfss train --resume {cfg.logdir}")
+        return 3
+    from ..engine.distributed import _env_int
+
+    if _env_int("RANK", 0) == 0:
+        print(f"best val mIoU {result.best_miou:.2f} (epoch {result.best_epoch}); best checkpoint "
+              f"{result.run_dir / 'best.pt'}")
+    return 0

@@ -1,0 +1,216 @@
+"""Training configuration: a dataclass, YAML / JSON reading and writing, CLI overrides.
+
+Precedence: dataclass defaults < ``--config FILE`` < command-line flags. Every run directory
+holds the fully resolved configuration as ``config.yaml``; ``--resume RUN`` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import HmfssError
+
+VAL_SPLITS = ("val", "test", "heldout")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    benchmark: str = "fss"
+    datapath: str | None = None
+    splits: str | None = None
+    fold: int = 0
+    classes: str | None = None  # folder benchmark: file listing the test classes
+    test_ratio: float | None = None  # folder benchmark: seeded fraction of test classes
+    split_seed: int = 0
+    img_size: int | None = None  # default: the architecture's (400 HSNet)
+    # model
+    arch: str = "hsnet"
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None  # .pth, or "imagenet" for efficientnet-lite0
+    masking: str = "hm"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # optimisation (SPEC §5)
+    lr: float = 1e-3
+    bsz: int = 20  # episodes per optimizer step, over all processes
+    epochs: int = 100
+    episodes_per_epoch: int | None = None  # default: the benchmark's training epoch size
+    seed: int = 0
+    # validation / model selection
+    val_split: str = "val"  # val (the original's choice) | test | heldout
+    heldout_ratio: float = 0.1
+    heldout_seed: int = 0
+    val_episodes: int | None = None  # default: the split's standard count
+    val_seed: int = 0
+    val_protocol: str | None = None  # default: the benchmark's (hsnet; seeded for folders)
+    # run
+    logdir: str | None = None
+    workers: int = 4
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False
+    compile: bool = False
+    checkpoint_every: int = 0  # also write last.pt every N steps inside an epoch (0 = epoch end only)
+    tensorboard: bool = True  # when torch.utils.tensorboard is importable
+    progress: bool = True
+    skip_bad_images: bool = False
+    find_unused_parameters: bool = False  # DDP option for heads with unused parameters
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        return cls(**check_values(data, source))
+
+
+# keys that may differ between a run and its resumption
+RESUMABLE_OVERRIDES = frozenset({
+    "epochs", "workers", "device", "amp", "compile", "checkpoint_every", "tensorboard", "progress",
+    "skip_bad_images", "datapath", "splits",
+})
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _accepts(kind: Any, value: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits the annotation ``kind`` (with int -> float widening)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for option in typing.get_args(kind):
+            ok, converted = _accepts(option, value)
+            if ok:
+                return True, converted
+        return False, value
+    if kind is type(None):
+        return value is None, value
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if kind is str:
+        return isinstance(value, str), value
+    if origin is dict or kind is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _type_name(kind: Any) -> str:
+    args = typing.get_args(kind)
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
+
+
+def check_values(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate keys and value types of a (partial) config mapping; returns converted values."""
+    types = _field_types()
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in types:
+            raise HmfssError(f"{source}: unknown setting {key!r}")
+        ok, converted = _accepts(types[name], value)
+        if not ok:
+            raise HmfssError(f"{source}: {key} must be {_type_name(types[name])}, got {value!r}")
+        out[name] = converted
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON mapping of settings (partial configs are fine)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise HmfssError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HmfssError(f"cannot read config file {path}: {exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first = " ".join(str(exc).split())
+        raise HmfssError(f"config file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HmfssError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return check_values(data, str(path))
+
+
+def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the file's settings, then ``overrides`` (e.g. command-line flags)."""
+    merged: dict[str, Any] = {}
+    if file is not None:
+        merged.update(read_config_file(file))
+    if overrides:
+        merged.update(check_values(overrides, "command line"))
+    cfg = TrainConfig(**merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Value checks that do not need the data."""
+    if cfg.val_split not in VAL_SPLITS:
+        raise HmfssError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {cfg.val_split!r}")
+    for name in ("bsz", "epochs"):
+        if getattr(cfg, name) < 1:
+            raise HmfssError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("episodes_per_epoch", "val_episodes", "img_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise HmfssError(f"{name} must be at least 1, got {value}")
+    if cfg.lr <= 0:
+        raise HmfssError(f"lr must be positive, got {cfg.lr}")
+    if cfg.workers < 0 or cfg.checkpoint_every < 0:
+        raise HmfssError("workers and checkpoint_every must not be negative")
+    if not 0.0 < cfg.heldout_ratio < 1.0:
+        raise HmfssError(f"heldout_ratio must be in (0, 1), got {cfg.heldout_ratio}")
+
+
+def dump_yaml(cfg: TrainConfig | dict[str, Any]) -> str:
+    import yaml
+
+    data = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def write_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    return atomic_write_text(path, dump_yaml(cfg))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` via a temp file in the same folder and a rename (never half-written)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]

@@ -1,0 +1,171 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hmfss.data.synthetic import SyntheticParams, generate
+from hmfss.engine.config import TrainConfig, read_config_file, resolve_config
+from hmfss.engine.train import (
+    TrainingStopped,
+    heldout_split,
+    resume_config,
+    train,
+    training_episodes,
+)
+from hmfss.errors import HmfssError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny tensors: one thread is as fast, and immune to OpenMP spin-waits on a busy machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    generate(root, SyntheticParams(classes=10, images_per_class=4, size=48, seed=0, test_ratio=0.2, val_ratio=0.2))
+    return root
+
+
+def tiny_config(bench, logdir, **changes) -> TrainConfig:
+    cfg = TrainConfig(benchmark="fss", datapath=str(bench), splits=str(bench / "splits"), backbone="efficientnet-lite0",
+                      img_size=32, bsz=2, epochs=2, episodes_per_epoch=8, val_episodes=4, workers=0,
+                      logdir=str(logdir), progress=False, tensorboard=False)
+    return replace(cfg, **changes)
+
+
+def test_a_few_steps_lower_the_loss_and_write_the_run(bench, tmp_path):
+    # one fixed episode repeated: the head must fit it
+    cfg = tiny_config(bench, tmp_path / "run", epochs=4, episodes_per_epoch=4, bsz=4, lr=3e-3)
+    result = train(cfg, console=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0], losses
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "config.yaml", "history.jsonl", "history.csv", "log.txt"):
+        assert (run / name).is_file(), name
+    assert read_config_file(run / "config.yaml") == {**cfg.to_dict()}
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
+    log = (run / "log.txt").read_text()
+    assert "validation: FSS val classes" in log and "episodes/s" in log
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == result.best_epoch and best["config"]["masking"] == "hm"
+
+
+def test_best_checkpoint_serves_predict(bench, tmp_path):
+    from hmfss import load_model
+
+    result = train(tiny_config(bench, tmp_path / "run", epochs=1), console=False)
+    model = load_model(result.run_dir / "best.pt")
+    assert model.config.img_size == 32 and model.config.backbone == "efficientnet-lite0"
+    with torch.no_grad():
+        out = model.predict_mask(torch.randn(1, 3, 32, 32), torch.randn(1, 2, 3, 32, 32), torch.ones(1, 2, 32, 32))
+    assert out.shape == (1, 32, 32)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def _same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("checkpoint_every, stop_at", [(0, 5), (2, 7)])
+def test_interrupted_then_resumed_equals_uninterrupted(bench, tmp_path, checkpoint_every, stop_at):
+    # 2 epochs x 4 steps; the crash happens inside epoch 2 (after step 5 or 7)
+    full = train(tiny_config(bench, tmp_path / "full", checkpoint_every=checkpoint_every), console=False)
+    cfg = tiny_config(bench, tmp_path / "cut", checkpoint_every=checkpoint_every)
+    with pytest.raises(TrainingStopped):
+        train(cfg, console=False, stop_after_steps=stop_at)
+    saved = _weights(tmp_path / "cut" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == ((1, 0) if checkpoint_every == 0 else (1, 2))
+    resumed = train(resume_config(tmp_path / "cut"), resume=True, console=False)
+    _same_state(full.state, resumed.state)
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    _same_state(a["model"], b["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("episodes_per_s", "epoch_seconds")} for r in rows]
+    assert strip(full.history) == strip(resumed.history)
+    assert "resumed" in (tmp_path / "cut" / "log.txt").read_text()
+
+
+def test_resume_can_extend_epochs_but_not_change_the_model(bench, tmp_path):
+    train(tiny_config(bench, tmp_path / "run", epochs=1), console=False)
+    cfg = resume_config(tmp_path / "run", {"epochs": 2})
+    assert train(cfg, resume=True, console=False).epochs == 2
+    with pytest.raises(HmfssError, match="cannot change 'masking'"):
+        resume_config(tmp_path / "run", {"masking": "fm"})
+    with pytest.raises(HmfssError, match="already holds a training run"):
+        train(tiny_config(bench, tmp_path / "run"), console=False)
+    with pytest.raises(HmfssError, match="not a training run"):
+        resume_config(tmp_path)
+
+
+def test_training_episodes_are_seeded_per_epoch_and_cover_the_queries(bench):
+    from hmfss.data.splits import load_split
+    from hmfss.data.synthetic import adapt_fss_split
+
+    info = adapt_fss_split(load_split("fss", bench / "splits", split="trn"), bench)
+    a = training_episodes(info, 0, 0, len(info.entries))
+    assert a == training_episodes(info, 0, 0, len(info.entries))
+    assert a != training_episodes(info, 0, 1, len(info.entries))
+    assert sorted(e.query for e in a) == sorted(n for n, _ in info.entries)  # a permutation of the queries
+    assert all(e.supports[0] != e.query and e.supports[0] in info.classwise[e.class_id] for e in a)
+    assert len(training_episodes(info, 0, 0, 50)) == 50
+
+
+def test_heldout_split_takes_training_classes_out_of_training(bench, tmp_path):
+    from hmfss.data.splits import load_split
+    from hmfss.data.synthetic import adapt_fss_split
+
+    info = adapt_fss_split(load_split("fss", bench / "splits", split="trn"), bench)
+    trn, held = heldout_split(info, 0.2, 0)
+    trn_classes = {c for _, c in trn.entries}
+    held_classes = {c for _, c in held.entries}
+    assert held_classes and not trn_classes & held_classes
+    assert trn_classes | held_classes == {c for _, c in info.entries}
+    assert heldout_split(info, 0.2, 0)[1].entries == held.entries
+    result = train(tiny_config(bench, tmp_path / "run", epochs=1, val_split="heldout"), console=False)
+    assert "validation: held-out training classes" in (result.run_dir / "log.txt").read_text()
+
+
+def test_corrupt_config_and_missing_weights_are_clear_errors(bench, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1, 2\nbsz: 3\n")
+    with pytest.raises(HmfssError, match="not valid YAML") as exc:
+        resolve_config(bad)
+    assert "\n" not in str(exc.value)
+    (tmp_path / "bad.json").write_text("{\"lr\": 0.1,")
+    with pytest.raises(HmfssError, match="not valid JSON"):
+        resolve_config(tmp_path / "bad.json")
+    (tmp_path / "typo.yaml").write_text("learning_rate: 0.1\n")
+    with pytest.raises(HmfssError, match="unknown setting 'learning_rate'"):
+        resolve_config(tmp_path / "typo.yaml")
+    (tmp_path / "type.yaml").write_text("bsz: many\n")
+    with pytest.raises(HmfssError, match="bsz must be int"):
+        resolve_config(tmp_path / "type.yaml")
+    with pytest.raises(HmfssError, match="config file not found"):
+        resolve_config(tmp_path / "nope.yaml")
+    cfg = tiny_config(bench, tmp_path / "w", backbone_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(HmfssError, match="backbone weights file not found"):
+        train(cfg, console=False)
+
+
+def test_config_file_then_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 0.0005\nbsz: 8\nmasking: fm\n")
+    cfg = resolve_config(tmp_path / "c.yaml", {"bsz": 4})
+    assert (cfg.lr, cfg.bsz, cfg.masking, cfg.arch) == (0.0005, 4, "fm", "hsnet")
+    (tmp_path / "c.json").write_text(json.dumps({"epochs": 3, "val_split": "heldout"}))
+    assert resolve_config(tmp_path / "c.json").val_split == "heldout"
+    with pytest.raises(HmfssError, match="val_split must be one of"):
+        resolve_config(None, {"val_split": "train"})
