@@ -224,3 +224,14 @@ def test_voc_aug(tmp_path, capsys):
     assert "cannot read SBD file" in capsys.readouterr().err
     assert main(["data", "voc-aug", "--out", str(out)]) == 2
     assert "give --sbd and/or --voc" in capsys.readouterr().err
+
+
+def test_data_synthetic_is_wired_into_the_cli(tmp_path):
+    from hmfss.cli.main import main
+    from hmfss.data.splits import load_split
+
+    out = tmp_path / "synth"
+    assert main(["data", "synthetic", "--out", str(out), "--classes", "6", "--images-per-class", "3",
+                 "--size", "32", "--seed", "1"]) == 0
+    info = load_split("fss", out / "splits", split="test", datapath=out)
+    assert info.entries and all(len(v) == 3 for v in info.classwise.values())

@@ -9,7 +9,6 @@ from PIL import Image
 from hmfss.data.synthetic import (
     SHAPES,
     SyntheticParams,
-    adapt_fss_split,
     choose_classes,
     generate,
     render_shape,
@@ -73,7 +72,7 @@ def test_the_fss_reader_serves_the_benchmark(bench):
     from hmfss.data.splits import load_split
 
     root, _ = bench
-    info = adapt_fss_split(load_split("fss", root / "splits", split="test"), root)
+    info = load_split("fss", root / "splits", split="test", datapath=root)
     assert len(info.entries) == 9 and all(len(v) == 3 for v in info.classwise.values())
     episodes = make_episodes(info, nshot=2, seed=0, protocol="seeded")
     item = EpisodeDataset(make_reader("fss", root, info), episodes, 32)[0]
@@ -81,13 +80,13 @@ def test_the_fss_reader_serves_the_benchmark(bench):
     assert 0 < float(item["query_mask"].sum()) < 32 * 32
 
 
-def test_ten_images_per_class_need_no_adapter(tmp_path):
+def test_ten_images_per_class_listed_like_the_standard_names(tmp_path):
     from hmfss.data.splits import load_split
 
     generate(tmp_path, SyntheticParams(classes=4, images_per_class=10, size=32, seed=0, test_ratio=0.25, val_ratio=0.25))
-    info = load_split("fss", tmp_path / "splits", split="trn")
-    assert adapt_fss_split(info, tmp_path) is info
-    assert all((tmp_path / "FSS-1000" / n).is_file() for n, _ in info.entries)
+    on_disk = load_split("fss", tmp_path / "splits", split="trn", datapath=tmp_path)
+    assert on_disk == load_split("fss", tmp_path / "splits", split="trn")  # 1, 10, 2, ..., 9 either way
+    assert all((tmp_path / "FSS-1000" / n).is_file() for n, _ in on_disk.entries)
 
 
 def test_classes_are_a_seeded_choice():

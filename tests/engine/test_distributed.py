@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     from hmfss.data.splits import load_split
-    from hmfss.data.synthetic import SyntheticParams, adapt_fss_split, generate
+    from hmfss.data.synthetic import SyntheticParams, generate
     from hmfss.engine.config import TrainConfig
 
     bench = tmp_path / "bench"
@@ -92,7 +92,7 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     # each epoch's episodes were dealt to the two ranks without duplicates and none missing
     seen0 = json.loads((tmp_path / "episodes0.json").read_text())
     seen1 = json.loads((tmp_path / "episodes1.json").read_text())
-    info = adapt_fss_split(load_split("fss", bench / "splits", split="trn"), bench)
+    info = load_split("fss", bench / "splits", split="trn", datapath=bench)
     for epoch, (mine0, mine1) in enumerate(zip(seen0, seen1)):
         expected = [[e.query, e.supports[0]] for e in T_training_episodes(info, epoch)]
         assert len(mine0) == len(mine1) == 4

@@ -113,9 +113,8 @@ def test_resume_can_extend_epochs_but_not_change_the_model(bench, tmp_path):
 
 def test_training_episodes_are_seeded_per_epoch_and_cover_the_queries(bench):
     from hmfss.data.splits import load_split
-    from hmfss.data.synthetic import adapt_fss_split
 
-    info = adapt_fss_split(load_split("fss", bench / "splits", split="trn"), bench)
+    info = load_split("fss", bench / "splits", split="trn", datapath=bench)
     a = training_episodes(info, 0, 0, len(info.entries))
     assert a == training_episodes(info, 0, 0, len(info.entries))
     assert a != training_episodes(info, 0, 1, len(info.entries))
@@ -126,9 +125,8 @@ def test_training_episodes_are_seeded_per_epoch_and_cover_the_queries(bench):
 
 def test_heldout_split_takes_training_classes_out_of_training(bench, tmp_path):
     from hmfss.data.splits import load_split
-    from hmfss.data.synthetic import adapt_fss_split
 
-    info = adapt_fss_split(load_split("fss", bench / "splits", split="trn"), bench)
+    info = load_split("fss", bench / "splits", split="trn", datapath=bench)
     trn, held = heldout_split(info, 0.2, 0)
     trn_classes = {c for _, c in trn.entries}
     held_classes = {c for _, c in held.entries}

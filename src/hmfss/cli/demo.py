@@ -152,11 +152,10 @@ def _calibrate(out: Path, s: DemoSettings) -> dict[str, float]:
     from ..data.episodes import make_episodes
     from ..data.readers import make_reader
     from ..data.splits import load_split
-    from ..data.synthetic import adapt_fss_split
     from ..model import build_model
 
     data = out / "data"
-    info = adapt_fss_split(load_split("fss", data / "splits", split="trn"), data)
+    info = load_split("fss", data / "splits", split="trn", datapath=data)
     reader = make_reader("fss", data, info)
     episodes = make_episodes(info, 5, s.bsz, seed=1, protocol="seeded")
     batch = collate_episodes([EpisodeDataset(reader, episodes, s.size)[i] for i in range(len(episodes))])
@@ -231,12 +230,11 @@ def _evaluate(ckpt: Path, data: Path, episodes, size: int) -> dict[str, Any]:
     from ..data.dataset import EpisodeDataset, episode_loader
     from ..data.readers import make_reader
     from ..data.splits import load_split
-    from ..data.synthetic import adapt_fss_split
     from ..engine.checkpoint import load_model
     from ..engine.evaluate import evaluate
     from ..metrics import SegmentationMeter
 
-    info = adapt_fss_split(load_split("fss", data / "splits", split="test"), data)
+    info = load_split("fss", data / "splits", split="test", datapath=data)
     model = load_model(ckpt)
     meter = SegmentationMeter(info.class_ids, info.n_classes, info.class_names)
     loader = episode_loader(EpisodeDataset(make_reader("fss", data, info), episodes, size), batch_size=8)
@@ -246,9 +244,8 @@ def _evaluate(ckpt: Path, data: Path, episodes, size: int) -> dict[str, Any]:
 def _test_episodes(data: Path, shots: int, count: int):
     from ..data.episodes import make_episodes
     from ..data.splits import load_split
-    from ..data.synthetic import adapt_fss_split
 
-    info = adapt_fss_split(load_split("fss", data / "splits", split="test"), data)
+    info = load_split("fss", data / "splits", split="test", datapath=data)
     every = make_episodes(info, shots, max(count, len(info.entries)), seed=0, protocol="seeded")
     if count >= len(every):
         return every
@@ -393,13 +390,12 @@ def _example_panels(out: Path, s: DemoSettings, results: dict, episodes, meta: d
     from ..data.dataset import EpisodeDataset
     from ..data.readers import make_reader
     from ..data.splits import load_split
-    from ..data.synthetic import adapt_fss_split
     from ..engine.checkpoint import load_model
     from ..engine.report import panel_grid
     from ..metrics import area_stats
 
     data = out / "data"
-    info = adapt_fss_split(load_split("fss", data / "splits", split="test"), data)
+    info = load_split("fss", data / "splits", split="test", datapath=data)
     chosen = _examples(out, s, results, episodes, meta)
     dataset = EpisodeDataset(make_reader("fss", data, info), chosen, s.size)
     models = {m: load_model(out / results["models"][m]["checkpoint"]) for m in ("fm", "hm")}

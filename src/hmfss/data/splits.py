@@ -211,12 +211,18 @@ def coco_split(splits_dir: str | Path | None, fold: int, split: str = "test") ->
 # ---- FSS-1000 ---------------------------------------------------------------------------------
 
 
-def fss_names(category: str) -> list[str]:
-    """The 10 images of a category as support candidates, in the order 1..10."""
+def fss_names(category: str, datapath: str | Path | None = None) -> list[str]:
+    """A category's images: the ``*.jpg`` files of ``DATAPATH/FSS-1000/<category>`` when that
+    folder exists (as the original loader lists them; also serves synthetic sets with another
+    image count), else the standard 10, in the order 1..10."""
+    folder = Path(datapath) / "FSS-1000" / category if datapath is not None else None
+    if folder is not None and folder.is_dir():
+        numeric = lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name)  # noqa: E731
+        return [f"{category}/{p.name}" for p in sorted(folder.glob("*.jpg"), key=numeric)]
     return [f"{category}/{i}.jpg" for i in range(1, FSS_IMAGES_PER_CLASS + 1)]
 
 
-def fss_split(splits_dir: str | Path | None, split: str = "test") -> SplitInfo:
+def fss_split(splits_dir: str | Path | None, split: str = "test", datapath: str | Path | None = None) -> SplitInfo:
     """FSS-1000: categories of the split sorted by name; queries = every image of every
     category in (category, lexicographic file name) order, i.e. 1, 10, 2, ..., 9."""
     split = normalise_split(split)
@@ -231,7 +237,7 @@ def fss_split(splits_dir: str | Path | None, split: str = "test") -> SplitInfo:
         if cid >= 1000:
             raise HmfssError(f"{path}: too many categories ({len(categories)})")
         names[cid] = cat
-        classwise[cid] = fss_names(cat)
+        classwise[cid] = fss_names(cat, datapath)
         entries += [(n, cid) for n in sorted(classwise[cid])]
     class_ids = list(range(offset, offset + len(categories)))
     return SplitInfo(
@@ -339,13 +345,14 @@ def default_splits_dir(datapath: str | Path | None) -> Path | None:
 def load_split(benchmark: str, splits_dir: str | Path | None = None, fold: int = 0, split: str = "test",
                datapath: str | Path | None = None, classes_file: str | Path | None = None,
                test_ratio: float | None = None, split_seed: int = 0) -> SplitInfo:
-    """The :class:`SplitInfo` of any benchmark (``datapath`` is only read for ``folder``)."""
+    """The :class:`SplitInfo` of any benchmark (``datapath`` is read for ``folder``, and for
+    ``fss`` to list the category folders when present)."""
     if benchmark == "pascal":
         return pascal_split(splits_dir or default_splits_dir(datapath), fold, split)
     if benchmark == "coco":
         return coco_split(splits_dir or default_splits_dir(datapath), fold, split)
     if benchmark == "fss":
-        return fss_split(splits_dir or default_splits_dir(datapath), split)
+        return fss_split(splits_dir or default_splits_dir(datapath), split, datapath)
     if benchmark == "folder":
         if datapath is None:
             raise HmfssError("--benchmark folder needs --datapath DIR")

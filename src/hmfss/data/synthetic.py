@@ -382,25 +382,3 @@ def read_metadata(root: str | Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def adapt_fss_split(info, datapath: str | Path | None):
-    """Fit an FSS :class:`~hmfss.data.splits.SplitInfo` to the images actually on disk.
-
-    The FSS-1000 reader assumes 10 images per category; a synthetic benchmark may have another
-    number. When ``datapath`` holds a synthetic benchmark whose ``images_per_class`` is not 10,
-    the entries and support pools are rebuilt from its metadata; otherwise ``info`` is
-    returned unchanged.
-    """
-    meta = read_metadata(datapath) if datapath is not None else None
-    if info.benchmark != "fss" or meta is None:
-        return info
-    count = int(meta.get("params", {}).get("images_per_class", 10))
-    if count == 10:
-        return info
-    from dataclasses import replace
-
-    names = [f"{n}.jpg" for n in range(1, count + 1)]
-    classwise = {cid: [f"{info.class_name(cid)}/{n}" for n in names] for cid in info.class_ids}
-    entries = [(name, cid) for cid in info.class_ids for name in sorted(classwise[cid])]
-    return replace(info, entries=entries, classwise=classwise, default_episodes=len(entries))

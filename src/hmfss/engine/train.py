@@ -90,11 +90,9 @@ class DataSetup:
 
 def _load_split(cfg: TrainConfig, split: str):
     from ..data.splits import load_split
-    from ..data.synthetic import adapt_fss_split
 
-    info = load_split(cfg.benchmark, cfg.splits, cfg.fold, split, datapath=cfg.datapath,
+    return load_split(cfg.benchmark, cfg.splits, cfg.fold, split, datapath=cfg.datapath,
                       classes_file=cfg.classes, test_ratio=cfg.test_ratio, split_seed=cfg.split_seed)
-    return adapt_fss_split(info, cfg.datapath)
 
 
 def heldout_split(info, ratio: float, seed: int):
