@@ -69,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from ..data.episodes import write_jsonl
-    from ..data.tools import atomic_write
+    from ..atomic import atomic_write_bytes
 
     _, episodes, _ = resolve_episodes(args)
     if args.out:
         text = io.StringIO()
         write_jsonl(episodes, text)
-        atomic_write(args.out, text.getvalue().encode("utf-8"))
+        atomic_write_bytes(args.out, text.getvalue().encode("utf-8"))
         return 0
     try:
         write_jsonl(episodes, sys.stdout)

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.dataset import EpisodeDataset, episode_loader
     from ..data.readers import make_reader
-    from ..data.tools import atomic_write
+    from ..atomic import atomic_write_bytes
     from ..engine.checkpoint import load_model
     from ..engine.evaluate import evaluate
     from ..errors import HmfssError
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "skipped_episodes": outcome["skipped_episodes"],
     }
     if args.json:
-        atomic_write(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     if args.skip_bad_images and outcome["skipped"]:
         print(f"skipped {outcome['skipped']} episode(s) with unreadable images; first: "
               f"{outcome['skipped_episodes'][0]['error']}", file=sys.stderr)

@@ -76,21 +76,11 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def save_image_atomic(img: Image.Image, path: str | Path) -> Path:
-    """Write an image (format from the suffix) via a temp file + rename: never half-written."""
-    import os
-    import tempfile
+    """Write an image (format from the suffix) atomically: never half-written."""
+    from ..atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    return atomic_write(path, lambda handle: img.save(handle, format=fmt))
 
 
 def overlay(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.5) -> Image.Image:

@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write_bytes
 from ..errors import HmfssError
 
 DEFAULT_SPLITS_URL = "https://raw.githubusercontent.com/juhongm999/hsnet/main/data/splits"
@@ -41,30 +42,13 @@ SPLIT_FILES: tuple[str, ...] = (
 )
 
 
-def atomic_write(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Single-channel uint8 array -> 8-bit grayscale PNG, written atomically."""
     import io
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buffer, format="PNG")
-    return atomic_write(path, buffer.getvalue())
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _progress(iterable, total: int | None, desc: str, enabled: bool):
@@ -125,7 +109,7 @@ def download_splits(out: str | Path, base_url: str = DEFAULT_SPLITS_URL, force: 
             reason = getattr(exc, "reason", exc)
             raise HmfssError(f"cannot download {url}: {reason}") from None
         _check_split_file(rel, data, url)
-        written.append(atomic_write(target, data))
+        written.append(atomic_write_bytes(target, data))
     return written
 
 

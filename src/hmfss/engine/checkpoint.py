@@ -1,56 +1,28 @@
-"""Checkpoints: hmfss's own format and the original HSNet / HSNet-HM ``state_dict`` files.
+"""Checkpoints: hmfss's own format and the original HSNet / VAT / ASNet (and HM) files.
 
 hmfss checkpoints are a dict ``{"format": "hmfss", "version": 1, "config": ModelConfig dict,
 "model": state_dict, ...extra}`` written atomically (temp file + rename). Original checkpoints
-are plain ``module.``-prefixed state_dicts (SPEC §8.1) or dicts with a ``state_dict`` entry.
+are plain ``module.``-prefixed state_dicts (HSNet, SPEC §8.1) or dicts with a ``state_dict``
+entry: VAT's ``{epoch, state_dict, optimizer, scheduler, val_miou}`` (§8.2) and ASNet's
+PyTorch-Lightning 1.3 ``.ckpt`` files (§8.3), whose pickled callback / argument objects become
+inert placeholders. Each head maps its original key names (``Head.convert_original_state``).
 Nothing is ever unpickled beyond tensors and plain containers.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_save, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
 from ..errors import HmfssError
 
 FORMAT = "hmfss"
 VERSION = 1
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temp file in the same folder, fsync, rename over ``path``.
-
-    A crash leaves either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a UTF-8 text file atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> Path:
@@ -142,7 +114,8 @@ def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, kin
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load an hmfss or original (HSNet / HSNet-HM) checkpoint into ``model``, strictly.
+    """Load an hmfss or original (HSNet / VAT / ASNet, with or without HM) checkpoint into
+    ``model``, strictly.
 
     Returns the checkpoint object (for hmfss checkpoints: config and any extra entries).
     """

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import HmfssError
 
 VAL_SPLITS = ("val", "test", "heldout")
@@ -192,24 +193,6 @@ def dump_yaml(cfg: TrainConfig | dict[str, Any]) -> str:
 def write_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically."""
     return atomic_write_text(path, dump_yaml(cfg))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` via a temp file in the same folder and a rename (never half-written)."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def config_fields() -> list[str]:

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HmfssError
-from .config import RESUMABLE_OVERRIDES, TrainConfig, atomic_write_text, validate, write_config
+from ..atomic import atomic_write_text
+from .config import RESUMABLE_OVERRIDES, TrainConfig, validate, write_config
 from .distributed import (
     DistInfo,
     all_gather_objects,
