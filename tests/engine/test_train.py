@@ -14,15 +14,7 @@ from hmfss.engine.train import (
     training_episodes,
 )
 from hmfss.errors import HmfssError
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: one thread is as fast, and immune to OpenMP spin-waits on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -18,3 +19,12 @@ def make_episode(batch: int = 1, shots: int = 1, size: int = 64, seed: int = 0):
             r = int(torch.randint(size // 8, size // 3, (1,), generator=gen))
             masks[b, k] = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float()
     return query, supports, masks
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast, and immune to OpenMP spin-waits on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
