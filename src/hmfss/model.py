@@ -126,7 +126,22 @@ class FewShotSegmenter(nn.Module):
     # ---- head -----------------------------------------------------------------------------
 
     def lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
-        """Head logits at the learner's resolution for every shot: (B, K, 2, h, w)."""
+        """Head logits at the learner's resolution for every shot: (B, K, 2, h, w).
+
+        Heads with large 4D volumes (VAT) set ``shots_per_pass``: the shots then go through
+        correlation and head in groups of that many, bounding the memory of a K-shot pass by
+        that of a ``shots_per_pass``-shot one (the result is the same).
+        """
+        step = self.head.shots_per_pass
+        if step is None or state.shots <= step:
+            return self._lowres_logits(query_feats, state)
+        parts = []
+        for first in range(0, state.shots, step):
+            part = SupportState([f[:, first:first + step] for f in state.feats], state.masks[:, first:first + step])
+            parts.append(self._lowres_logits(query_feats, part))
+        return torch.cat(parts, dim=1)
+
+    def _lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
         b, k = query_feats[0].shape[0], state.shots
         with torch.no_grad():
             # a support set encoded once (batch 1) broadcasts over a batch of queries
@@ -212,7 +227,8 @@ def build_model(
     head_cls = HEADS[arch]
     net = build_backbone(backbone, backbone_weights, extra_shallow=head_cls.extra_shallow)
     head = head_cls(in_channels=net.info.levels, backbone_info=net.info, **options)
-    config = ModelConfig(arch, backbone, masking, img_size or DEFAULT_IMG_SIZE.get(arch, 400), dict(options))
+    img_size = img_size or head_cls.default_img_size(**options) or DEFAULT_IMG_SIZE.get(arch, 400)
+    config = ModelConfig(arch, backbone, masking, img_size, dict(options))
     return FewShotSegmenter(net, head, config)
 
 

@@ -43,6 +43,22 @@ def _plane_conv(cin: int, cout: int, kernel: int, stride: int, padding: int, bia
     return nn.Conv3d(cin, cout, (1, kernel, kernel), (1, stride, stride), (0, padding, padding), bias=bias)
 
 
+def run(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)``, with 1x1x1 convolutions (also inside Sequentials) done as one matmul:
+    the same arithmetic, several times faster than a 3D convolution on the CPU."""
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            x = run(child, x)
+        return x
+    if isinstance(module, nn.Conv3d) and module.kernel_size == (1, 1, 1) and module.stride == (1, 1, 1):
+        n, c = x.shape[:2]
+        out = torch.matmul(module.weight.view(module.out_channels, c), x.reshape(n, c, -1))
+        if module.bias is not None:
+            out = out + module.bias.view(1, -1, 1)
+        return out.view(n, module.out_channels, *x.shape[2:])
+    return module(x)
+
+
 class AttentiveSqueeze(nn.Module):
     """Masked global attention over the support plane, per query position."""
 
@@ -76,8 +92,8 @@ class AttentiveSqueeze(nn.Module):
 
     def forward(self, x: Tensor, support_mask: Tensor) -> Tensor:
         """x (N, Cin, T, Hs, Ws), support_mask (N, H, W) -> (N, Cout, T, Hs', Ws')."""
-        shortcut = self.short_cut(x)
-        q, k, v = self.qhead(x), self.khead(x), self.vhead(x)
+        shortcut = run(self.short_cut, x)
+        q, k, v = run(self.qhead, x), run(self.khead, x), run(self.vhead, x)
         n, hidden, t, hq, wq = q.shape
         hk, wk = k.shape[-2:]
         d = hidden // HEADS
@@ -91,7 +107,7 @@ class AttentiveSqueeze(nn.Module):
         logits = logits.masked_fill(blank, MASKED_LOGIT)
         out = logits.softmax(dim=-1) @ v  # (N, heads, T, Lq, d)
         out = out.permute(0, 1, 4, 2, 3).reshape(n, hidden, t, hq, wq)
-        return self.out_norm(self.agg(out) + shortcut)
+        return self.out_norm(run(self.agg, out) + shortcut)
 
 
 class FeedForward(nn.Module):
@@ -108,7 +124,7 @@ class FeedForward(nn.Module):
         self.out_norm = nn.GroupNorm(GROUPS, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_norm(self.ff(x) + x)
+        return self.out_norm(run(self.ff, x) + x)
 
 
 class AttentiveSqueezeLayer(nn.Module):

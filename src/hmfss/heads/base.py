@@ -33,6 +33,7 @@ class Head(nn.Module):
     original_prefix: str = ""  # head key prefix in the original checkpoints (after "module.")
     extra_shallow: bool = False  # whether the backbone must return its extra shallow map
     recipe: Recipe = HSNET_RECIPE  # the original training recipe (optimiser, sizes, augmentation)
+    shots_per_pass: int | None = None  # K-shot: shots per correlation+head pass (None: all at once)
 
     @classmethod
     def default_img_size(cls, **options: Any) -> int | None:

@@ -112,7 +112,7 @@ class VolumeConv4d(nn.Module):
         cout = support.shape[1]
         query = query.view(n, cout, *query.shape[2:4], hs2, ws2)
         support = support.view(n, cout, hq2, wq2, *support.shape[-2:])
-        return query + support
+        return support.add_(query)  # in place: one volume fewer alive at the peak
 
 
 class VolumeEmbeddingLayer(nn.Module):
@@ -177,6 +177,9 @@ class VATHead(Head):
     original_prefix = "hpn_learner.ours."
     extra_shallow = True
     recipe = VAT_RECIPE
+    # one shot at a time, like the original's K-shot loop: a shot's 4D volumes and attention
+    # maps take ~1 GB per episode
+    shots_per_pass = 1
 
     def __init__(
         self,
