@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """--arch/--backbone/--masking/--img-size: optional for hmfss checkpoints."""
-    p.add_argument("--arch", default=None, help="hsnet | vat | asnet (needed for original checkpoints)")
-    p.add_argument("--backbone", default=None, help="resnet50 | resnet101 | vgg16 | efficientnet-lite0")
-    p.add_argument("--masking", default=None, help="none | fm | im | hm | hm-add | hm-reverse")
-    p.add_argument("--img-size", type=int, default=None, help="network input size (default: the checkpoint's)")
+    p.add_argument("--arch", default=None, help="hsnet | vat | asnet (default: the checkpoint's; needed for original checkpoints)")
+    p.add_argument("--backbone", default=None, help="resnet50 | resnet101 | vgg16 | efficientnet-lite0 (default: the checkpoint's)")
+    p.add_argument("--masking", default=None, help="none | fm | im | hm | hm-add | hm-reverse (default: the checkpoint's, else hm)")
+    p.add_argument("--img-size", type=int, default=None, help="network input size (default: the checkpoint's, else the head's)")
 
 
 def expand_queries(paths: list[str]) -> list[Path]:

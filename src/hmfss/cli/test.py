@@ -15,6 +15,8 @@ MAX_TABLE_CLASSES = 20  # longer class lists print only the extremes (the JSON h
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .predict import add_model_arguments
+
     p = sub.add_parser(
         "test",
         help="evaluate a checkpoint on PASCAL-5i, COCO-20i, FSS-1000 or a custom folder",
@@ -23,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_benchmark_arguments(p, datapath_required=True)
     p.add_argument("--checkpoint", required=True, help="hmfss checkpoint, or an original HSNet/HSNet-HM one")
-    p.add_argument("--arch", default=None, help="hsnet | vat | asnet (default: the checkpoint's; needed for original checkpoints)")
-    p.add_argument("--backbone", default=None, help="resnet50 | resnet101 | vgg16 | efficientnet-lite0 (default: the checkpoint's)")
-    p.add_argument("--masking", default=None, help="none | fm | im | hm | hm-add | hm-reverse (default: the checkpoint's, else hm)")
-    p.add_argument("--img-size", type=int, default=None, help="network input size (default: the checkpoint's, else 400)")
+    add_model_arguments(p)
     p.add_argument("--use-original-imgsize", action="store_true",
                    help="score at each query's original size (logits upsampled straight to it) instead of img-size")
     p.add_argument("--no-ignore-255", dest="ignore_255", action="store_false",
