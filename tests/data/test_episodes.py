@@ -70,19 +70,24 @@ def test_real_fss_episodes_match_the_original_loader(shared_reference):
 
 # ---- the original draw sequence, written out call by call on tiny lists ----------------------
 
+def _legacy_supports(rng, pool, query, nshot):
+    """The original draw loop: one np.random.choice per try, rejecting the query."""
+    supports = []
+    while True:
+        s = rng.choice(pool, 1, replace=False)[0]
+        if s != query:
+            supports.append(str(s))
+        if len(supports) == nshot:
+            return supports
+
+
 def legacy_query_order(entries, classwise, nshot, count, seed=0):
     """np.random.seed(seed); per episode: query = entry i mod N; K x (choice until != query)."""
     rng = np.random.RandomState(seed)
     out = []
     for i in range(count):
         query, cid = entries[i % len(entries)]
-        supports = []
-        while True:
-            s = rng.choice(classwise[cid], 1, replace=False)[0]
-            if s != query:
-                supports.append(str(s))
-            if len(supports) == nshot:
-                break
+        supports = _legacy_supports(rng, classwise[cid], query, nshot)
         out.append({"query": query, "supports": supports, "class_id": cid})
     return out
 
@@ -93,13 +98,7 @@ def legacy_class_first(class_ids, classwise, nshot, count, seed=0):
     for _ in range(count):
         cid = int(rng.choice(class_ids, 1, replace=False)[0])
         query = str(rng.choice(classwise[cid], 1, replace=False)[0])
-        supports = []
-        while True:
-            s = rng.choice(classwise[cid], 1, replace=False)[0]
-            if s != query:
-                supports.append(str(s))
-            if len(supports) == nshot:
-                break
+        supports = _legacy_supports(rng, classwise[cid], query, nshot)
         out.append({"query": query, "supports": supports, "class_id": cid})
     return out
 
