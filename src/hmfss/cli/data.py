@@ -12,7 +12,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="prepare datasets (split lists, COCO masks, VOC SegmentationClassAug)",
+    p = sub.add_parser("data", help="prepare datasets (synthetic benchmark, split lists, COCO masks, VOC SegmentationClassAug)",
                        description="Dataset preparation tools.")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     from .synthetic import register_synthetic
