@@ -20,7 +20,7 @@ from .errors import HmfssError
 from .heads import HEADS, Head
 from .masking import check_strategy, input_mask, needs_input_masking
 
-DEFAULT_IMG_SIZE = {"hsnet": 400, "asnet": 400, "vat": 473}
+CPU_PIXELS_PER_PASS = 400 * 400  # backbone group size on the CPU (see FewShotSegmenter._backbone)
 
 
 @dataclass
@@ -114,12 +114,15 @@ class FewShotSegmenter(nn.Module):
         return query_feats, masked
 
     def _backbone(self, images: Tensor) -> list[Tensor]:
-        """Backbone maps of a batch. On the CPU images go one at a time: measured faster than
-        one large batch (whose activations overflow the caches), and results do not depend
-        on how images are grouped. On GPUs the batch goes in one pass."""
-        if images.device.type != "cpu" or images.shape[0] == 1:
+        """Backbone maps of a batch. On the CPU the batch goes in groups of at most
+        ``CPU_PIXELS_PER_PASS`` pixels (one 400x400 image): measured faster than one large
+        batch, whose activations overflow the caches, while small images still share a pass.
+        On GPUs the batch goes in one pass."""
+        n, _, h, w = images.shape
+        per_pass = max(1, CPU_PIXELS_PER_PASS // (h * w))
+        if images.device.type != "cpu" or n <= per_pass:
             return self.backbone(images)
-        parts = [self.backbone(images[i:i + 1]) for i in range(images.shape[0])]
+        parts = [self.backbone(images[i:i + per_pass]) for i in range(0, n, per_pass)]
         return [torch.cat(maps) for maps in zip(*parts)]
 
     def encode_support(self, support_imgs: Tensor, support_masks: Tensor) -> SupportState:
@@ -238,7 +241,7 @@ def build_model(
     head_cls = HEADS[arch]
     net = build_backbone(backbone, backbone_weights, extra_shallow=head_cls.extra_shallow)
     head = head_cls(in_channels=net.info.levels, backbone_info=net.info, **options)
-    img_size = img_size or head_cls.default_img_size(**options) or DEFAULT_IMG_SIZE.get(arch, 400)
+    img_size = img_size or head_cls.default_img_size(**options)
     config = ModelConfig(arch, backbone, masking, img_size, dict(options))
     return FewShotSegmenter(net, head, config)
 

@@ -36,9 +36,9 @@ class Head(nn.Module):
     shots_per_pass: int | None = None  # K-shot: shots per correlation+head pass (None: all at once)
 
     @classmethod
-    def default_img_size(cls, **options: Any) -> int | None:
-        """Square input size of the original model with these head options (None: arch default)."""
-        return None
+    def default_img_size(cls, **options: Any) -> int:
+        """Square input size of the original model with these head options."""
+        return 400
 
     def query_features(self, feats: list[Tensor]) -> list[Tensor]:
         """Prepare the query's tapped maps (B, C, h, w) before correlation."""
