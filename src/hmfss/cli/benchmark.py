@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.benchmark import BenchmarkConfig, format_table, run_benchmark
     from ..errors import HmfssError
-    from .predict import resolve_device
+    from ..engine.distributed import resolve_device
 
     for name in ("nshot", "img_size", "batch", "repeats", "stream_queries"):
         if getattr(args, name) < 1:

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.io import overlay, read_image, save_image_atomic
     from ..data.transforms import image_to_tensor
     from ..engine.checkpoint import load_model
+    from ..engine.distributed import resolve_device
     from ..errors import HmfssError
 
     if args.batch_size < 1:
@@ -130,16 +131,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {2 * len(queries)} files to {out_dir}")
     return 0
 
-
-def resolve_device(name: str):
-    import torch
-
-    from ..errors import HmfssError
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise HmfssError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HmfssError(f"device {name!r} requested but CUDA is not available")
-    return device

@@ -76,12 +76,11 @@ def format_table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from ..data.dataset import EpisodeDataset, episode_loader
     from ..data.readers import make_reader
     from ..atomic import atomic_write_bytes
     from ..engine.checkpoint import load_model
+    from ..engine.distributed import resolve_device
     from ..engine.evaluate import evaluate
     from ..errors import HmfssError
     from ..metrics import SegmentationMeter
@@ -99,13 +98,7 @@ def run(args: argparse.Namespace) -> int:
             raise HmfssError(f"file not found: {missing[1]} (image {missing[0]!r} of the {args.benchmark} "
                              f"{info.split} list; use --skip-bad-images to skip such episodes)")
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise HmfssError(f"unknown device {device!r}") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise HmfssError(f"device {device!r} requested but CUDA is not available")
+    device = resolve_device(args.device or "auto")
     model = load_model(args.checkpoint, arch=args.arch, backbone=args.backbone, masking=args.masking,
                        img_size=args.img_size, device=device)
     img_size = int(args.img_size or model.config.img_size)
