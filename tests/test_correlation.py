@@ -48,3 +48,33 @@ def test_one_query_broadcasts_over_k_supports():
     pyr = hypercorrelation(q, s, levels=(1, 1, 1))
     assert pyr[0].shape == (2, 5, 1, 4, 4, 4, 4)
     torch.testing.assert_close(pyr[0][1, 3, 0], _naive(q[2][1], s[2][1, 3:4])[0])
+
+
+def test_query_major_layout_has_the_same_values_and_query_major_memory():
+    torch.manual_seed(1)
+    sizes = [(4, 3), (5, 3), (6, 5), (3, 5), (8, 6), (2, 6)]  # per-level channel counts differ
+    qs = [torch.randn(2, 1, c, h, h) for c, h in sizes]
+    ss = [torch.randn(2, 3, c, h + 1, h) for c, h in sizes]
+    plain = hypercorrelation(qs, ss, levels=(2, 2, 2))
+    fast = hypercorrelation(qs, ss, levels=(2, 2, 2), query_major=True)
+    for a, b in zip(plain, fast):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a)
+        # memory is (B, K, hq, wq, L, hs, ws): the permuted view is contiguous
+        assert b.permute(0, 1, 3, 4, 2, 5, 6).is_contiguous()
+    torch.testing.assert_close(fast[2][1, 2, 1], _naive(qs[1][1], ss[1][1, 2:3])[0])
+
+
+def test_query_major_buffers_are_reused_until_the_shape_changes():
+    qs = [torch.randn(1, 1, 3, 4, 4) for _ in range(3)]
+    ss = [torch.randn(1, 1, 3, 4, 4) for _ in range(3)]
+    buffers: dict = {}
+    first = hypercorrelation(qs, ss, (1, 1, 1), query_major=True, buffers=buffers)
+    expected = [c.clone() for c in first]
+    again = hypercorrelation(qs, ss, (1, 1, 1), query_major=True, buffers=buffers)
+    assert [a.data_ptr() for a in again] == [f.data_ptr() for f in first]
+    for a, e in zip(again, expected):
+        torch.testing.assert_close(a, e)
+    bigger = hypercorrelation([q.expand(2, -1, -1, -1, -1) for q in qs], ss, (1, 1, 1), query_major=True, buffers=buffers)
+    assert bigger[0].shape[0] == 2 and bigger[0].data_ptr() != first[0].data_ptr()
+    assert buffers[0] is not None and buffers[0].shape[0] == 2

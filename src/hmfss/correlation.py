@@ -37,13 +37,23 @@ def level_slices(levels: tuple[int, int, int], count: int) -> list[slice]:
 
 
 def hypercorrelation(
-    query_feats: list[Tensor], support_feats: list[Tensor], levels: tuple[int, int, int]
+    query_feats: list[Tensor], support_feats: list[Tensor], levels: tuple[int, int, int],
+    query_major: bool = False,
+    buffers: dict | None = None,
 ) -> list[Tensor]:
     """Correlation pyramid [(..., L_i, hq, wq, hs, ws)] for the last ``sum(levels)`` maps.
 
     Maps are (..., C, h, w) with broadcastable leading dims. Layers of a level with equal
-    shapes are correlated in one batched matmul.
+    shapes are correlated in one batched matmul. ``query_major`` (no autograd): every level
+    is written straight into (..., hq, wq, L_i, hs, ws) memory, returned as a permuted view
+    of the same logical shape; heads that read that layout (HSNet) skip a transposed copy.
+    ``buffers`` (query-major only): a dict in which the outputs are kept and overwritten by
+    the next call with equal shapes, sparing the CPU the page faults of fresh 100 MB
+    allocations; the caller must be done with the results before calling again.
     """
+    if query_major:
+        return [_query_major_level(query_feats[sl], support_feats[sl], buffers, level)
+                for level, sl in enumerate(level_slices(levels, len(query_feats)))]
     pyramid = []
     for sl in level_slices(levels, len(query_feats)):
         qs, ss = query_feats[sl], support_feats[sl]
@@ -52,3 +62,22 @@ def hypercorrelation(
         else:
             pyramid.append(torch.stack([cosine_correlation(q, s) for q, s in zip(qs, ss)], -5))
     return pyramid
+
+
+def _query_major_level(qs: list[Tensor], ss: list[Tensor], buffers: dict | None, level: int) -> Tensor:
+    """One level, layer by layer: each (Q, S) product lands in its slot of (..., Q, L, S)."""
+    lead = torch.broadcast_shapes(*(t.shape[:-3] for t in qs + ss))
+    (hq, wq), (hs, ws) = qs[0].shape[-2:], ss[0].shape[-2:]
+    shape = (*lead, hq * wq, len(qs), hs * ws)
+    out = buffers.get(level) if buffers is not None else None
+    if out is None or out.shape != shape or out.dtype != qs[0].dtype or out.device != qs[0].device:
+        out = qs[0].new_empty(shape)
+        if buffers is not None:
+            buffers[level] = out
+    rows = out.view(-1, hq * wq, len(qs), hs * ws)
+    for layer, (q, s) in enumerate(zip(qs, ss)):
+        qn = _normalise(q).expand(*lead, *q.shape[-3:-2], hq * wq).reshape(-1, q.shape[-3], hq * wq)
+        sn = _normalise(s).expand(*lead, *s.shape[-3:-2], hs * ws).reshape(-1, s.shape[-3], hs * ws)
+        torch.bmm(qn.transpose(1, 2), sn, out=rows[:, :, layer])
+    out.clamp_(min=0)
+    return out.view(*lead, hq, wq, len(qs), hs, ws).movedim(-3, -5)

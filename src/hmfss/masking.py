@@ -87,6 +87,13 @@ def needs_input_masking(name: str) -> bool:
     return check_strategy(name) in ("im", "hm", "hm-add", "hm-reverse")
 
 
+def selecting_input(name: str) -> str | None:
+    """Which input's signs choose between FM and IM in a ``where`` rule: "feats" (hm),
+    "im" (hm-reverse) or None. Rounding that flips such a sign near 0 swaps whole values, so
+    these features must be computed exactly as the original does (see FewShotSegmenter)."""
+    return {"hm": "feats", "hm-reverse": "im"}.get(check_strategy(name))
+
+
 def mask_support_features(
     name: str, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor
 ) -> list[Tensor]:

@@ -7,6 +7,8 @@ prediction with the original voting rule, and an encode-once / segment-many API.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
@@ -18,9 +20,10 @@ from .backbones import Backbone, build_backbone
 from .correlation import hypercorrelation
 from .errors import HmfssError
 from .heads import HEADS, Head
-from .masking import check_strategy, input_mask, needs_input_masking
+from .masking import check_strategy, input_mask, needs_input_masking, selecting_input
 
 CPU_PIXELS_PER_PASS = 400 * 400  # backbone group size on the CPU (see FewShotSegmenter._backbone)
+_BUFFERS = threading.local()  # per-thread correlation buffers (see FewShotSegmenter._corr_buffers)
 
 
 @dataclass
@@ -90,34 +93,38 @@ class FewShotSegmenter(nn.Module):
     # ---- feature extraction --------------------------------------------------------------
 
     def _extract(self, query: Tensor | None, supports: Tensor, masks: Tensor) -> tuple[list[Tensor] | None, list[Tensor]]:
-        """One backbone pass over query (B), supports (N) and, if needed, input-masked supports (N).
+        """Backbone maps of query (B), supports (N) and, if needed, input-masked supports (N).
 
-        Returns the prepared query maps and the masked support maps (N, C, h, w).
+        Returns the prepared query maps and the masked support maps (N, C, h, w). Images go
+        through the backbone channels-last where the head accepts such maps (faster on CPU,
+        same values up to rounding), except the images whose feature signs select values
+        in the masking rule (:func:`selecting_input`): those keep the reference NCHW layout,
+        so that HM picks exactly the values the original picks.
         """
-        chunks = [supports]
+        images = {"feats": supports}
         if needs_input_masking(self.masking):
-            chunks.append(input_mask(supports, masks))
+            images["im"] = input_mask(supports, masks)
         if query is not None:
-            chunks.insert(0, query)
-        feats = self._backbone(torch.cat(chunks) if len(chunks) > 1 else chunks[0])
-        sizes = [c.shape[0] for c in chunks]
-        parts = [f.split(sizes) for f in feats]
-        offset = 0
-        query_feats = None
-        if query is not None:
-            query_feats = self.head.query_features([p[0] for p in parts])
-            offset = 1
-        support_feats = [p[offset] for p in parts]
-        im_feats = [p[offset + 1] for p in parts] if needs_input_masking(self.masking) else None
+            images["query"] = query
+        exact = {selecting_input(self.masking)} if self.head.channels_last_features else set(images)
+        maps: dict[str, list[Tensor]] = {}
+        for layout, names in ((torch.contiguous_format, [n for n in images if n in exact]),
+                              (torch.channels_last, [n for n in images if n not in exact])):
+            if names:
+                batch = torch.cat([images[n] for n in names]) if len(names) > 1 else images[names[0]]
+                parts = [f.split([images[n].shape[0] for n in names]) for f in self._backbone(batch, layout)]
+                maps.update({n: [p[i] for p in parts] for i, n in enumerate(names)})
+        query_feats = self.head.query_features(maps["query"]) if query is not None else None
         with torch.no_grad():
-            masked = self.head.support_features(support_feats, im_feats, masks, self.masking)
+            masked = self.head.support_features(maps["feats"], maps.get("im"), masks, self.masking)
         return query_feats, masked
 
-    def _backbone(self, images: Tensor) -> list[Tensor]:
-        """Backbone maps of a batch. On the CPU the batch goes in groups of at most
-        ``CPU_PIXELS_PER_PASS`` pixels (one 400x400 image): measured faster than one large
-        batch, whose activations overflow the caches, while small images still share a pass.
-        On GPUs the batch goes in one pass."""
+    def _backbone(self, images: Tensor, layout: torch.memory_format = torch.contiguous_format) -> list[Tensor]:
+        """Backbone maps of a batch computed in memory ``layout``. On the CPU the batch goes
+        in groups of at most ``CPU_PIXELS_PER_PASS`` pixels (one 400x400 image): measured
+        faster than one large batch, whose activations overflow the caches, while small
+        images still share a pass. On GPUs the batch goes in one pass."""
+        images = images.contiguous(memory_format=layout)
         n, _, h, w = images.shape
         per_pass = max(1, CPU_PIXELS_PER_PASS // (h * w))
         if images.device.type != "cpu" or n <= per_pass:
@@ -133,9 +140,19 @@ class FewShotSegmenter(nn.Module):
 
     def encode_query(self, query_img: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> prepared query maps."""
-        return self.head.query_features(self._backbone(query_img))
+        layout = torch.channels_last if self.head.channels_last_features else torch.contiguous_format
+        return self.head.query_features(self._backbone(query_img, layout))
 
     # ---- head -----------------------------------------------------------------------------
+
+    def _corr_buffers(self) -> dict | None:
+        """Per-thread, per-model correlation buffers reused across inference calls (None under
+        autograd, where the head keeps its input for the backward pass)."""
+        if torch.is_grad_enabled() or self.training:
+            return None
+        if not hasattr(_BUFFERS, "by_model"):
+            _BUFFERS.by_model = weakref.WeakKeyDictionary()
+        return _BUFFERS.by_model.setdefault(self, {})
 
     def lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
         """Head logits at the learner's resolution for every shot: (B, K, 2, h, w).
@@ -157,9 +174,11 @@ class FewShotSegmenter(nn.Module):
 
     def _lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
         b, k = query_feats[0].shape[0], state.shots
+        buffers = self._corr_buffers()
         with torch.no_grad():
             # a support set encoded once (batch 1) broadcasts over a batch of queries
-            corr = hypercorrelation([q.unsqueeze(1) for q in query_feats], state.feats, self.levels)
+            corr = hypercorrelation([q.unsqueeze(1) for q in query_feats], state.feats, self.levels,
+                                    query_major=self.head.query_major_corr, buffers=buffers)
         corr = [c.expand(b, *c.shape[1:]).flatten(0, 1) for c in corr]
         masks = state.masks.expand(b, *state.masks.shape[1:])
         logits = self.head(corr, query_feats=query_feats, shots=k, support_mask=masks.flatten(0, 1))

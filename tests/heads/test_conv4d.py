@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmfss.heads.conv4d import CenterPivotConv4d, resize_query_dims
+from hmfss.heads.conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims
 
 
 def dense_conv4d(x, weight, bias, stride):
@@ -52,3 +52,48 @@ def test_resize_query_dims_interpolates_each_support_position():
     expected = F.interpolate(x[:, :, :, :, 1, 2], (7, 7), mode="bilinear", align_corners=True)
     torch.testing.assert_close(out[:, :, :, :, 1, 2], expected)
     assert out.shape == (2, 3, 7, 7, 2, 3)
+
+
+def test_query_major_first_layer_equals_the_channels_last_path_with_gradients():
+    torch.manual_seed(3)
+    conv = CenterPivotConv4d(3, 4, 5, 4).double()
+    memory = torch.randn(2, 6, 5, 3, 9, 7, dtype=torch.double, requires_grad=True)  # (N, Hq, Wq, C, Hs, Ws)
+    logical = memory.permute(0, 3, 1, 2, 4, 5)
+    expected = conv(logical)  # (N, Cout, Hq, Wq, Hs', Ws')
+    out = conv.forward_query_major(memory)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected.permute(0, 2, 3, 4, 5, 1))
+    grads = torch.autograd.grad(out.square().sum(), [memory, conv.conv1.weight, conv.conv2.weight])
+    ref = torch.autograd.grad(expected.square().sum(), [memory, conv.conv1.weight, conv.conv2.weight])
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r)
+    with torch.no_grad():  # the no-autograd branch writes into a fresh contiguous tensor
+        torch.testing.assert_close(conv.forward_query_major(memory), out.detach())
+
+
+def test_group_norm_cl_is_accurate_on_large_offset_groups():
+    # ~10^5 positions per group with mean 50 x std: a one-pass E[x^2]-E[x]^2 or one long
+    # float32 sum loses ~3 digits here; the reference is float64 GroupNorm on (N, C, ...)
+    torch.manual_seed(4)
+    x = torch.randn(1, 20, 20, 13, 13, 8) + 50.0
+    norm = torch.nn.GroupNorm(4, 8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    ref = torch.nn.functional.group_norm(x.double().movedim(-1, 1), 4, norm.weight.double(), norm.bias.double(), norm.eps)
+    out = group_norm_cl(x, norm)
+    assert (out.double() - ref.movedim(1, -1)).abs().max() < 2e-5
+
+
+def test_group_norm_cl_gradients_match_group_norm():
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 4, 5, 2, 8, dtype=torch.double, requires_grad=True)
+    norm = torch.nn.GroupNorm(4, 8).double()
+    out = group_norm_cl(x, norm)
+    ref = norm(x.movedim(-1, 1)).movedim(1, -1)
+    torch.testing.assert_close(out, ref)
+    weights = torch.randn_like(out)
+    got = torch.autograd.grad((out * weights).sum(), [x, norm.weight, norm.bias])
+    want = torch.autograd.grad((ref * weights).sum(), [x, norm.weight, norm.bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

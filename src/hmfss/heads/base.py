@@ -34,6 +34,8 @@ class Head(nn.Module):
     extra_shallow: bool = False  # whether the backbone must return its extra shallow map
     recipe: Recipe = HSNET_RECIPE  # the original training recipe (optimiser, sizes, augmentation)
     shots_per_pass: int | None = None  # K-shot: shots per correlation+head pass (None: all at once)
+    query_major_corr: bool = False  # whether forward reads query-major correlation memory (see correlation)
+    channels_last_features: bool = False  # whether the backbone may hand over channels-last maps
 
     @classmethod
     def default_img_size(cls, **options: Any) -> int:

@@ -27,6 +27,19 @@ def run_block_cl(block: nn.Sequential, x: Tensor) -> Tensor:
     return x
 
 
+def squeeze_correlation(block: nn.Sequential, corr: Tensor) -> Tensor:
+    """Run a :func:`squeeze_block` on a correlation level (N, L, Hq, Wq, Hs, Ws) of either
+    memory layout -> channels-last (N, Hq, Wq, Hs', Ws', C). Query-major memory (as
+    ``hypercorrelation(query_major=True)`` writes it) is read in place by the first layer."""
+    query_major = corr.permute(0, 2, 3, 1, 4, 5)
+    if query_major.is_contiguous():
+        x = block[0].forward_query_major(query_major)
+    else:
+        x = block[0].forward_cl(to_channels_last(corr))
+    x = torch.relu_(group_norm_cl(x, block[1]))
+    return run_block_cl(block[3:], x)
+
+
 def hsnet_decoder(channels: int = 128) -> tuple[nn.Sequential, nn.Sequential]:
     """HSNet's 2D decoder: (N, 128, h, w) -> [x2 upsample in between] -> (N, 2, 2h, 2w)."""
     decoder1 = nn.Sequential(
@@ -54,6 +67,8 @@ class HSNetHead(Head):
     """
 
     original_prefix = "hpn_learner."
+    query_major_corr = True
+    channels_last_features = True
 
     def __init__(self, in_channels: tuple[int, int, int], **options):
         super().__init__()
@@ -67,9 +82,9 @@ class HSNetHead(Head):
 
     def forward(self, corr: list[Tensor], **context) -> Tensor:
         # all 4D work in the query-major channels-last layout (see conv4d)
-        sqz4 = run_block_cl(self.encoder_layer4, to_channels_last(corr[0]))
-        sqz3 = run_block_cl(self.encoder_layer3, to_channels_last(corr[1]))
-        sqz2 = run_block_cl(self.encoder_layer2, to_channels_last(corr[2]))
+        sqz4 = squeeze_correlation(self.encoder_layer4, corr[0])
+        sqz3 = squeeze_correlation(self.encoder_layer3, corr[1])
+        sqz2 = squeeze_correlation(self.encoder_layer2, corr[2])
         mix43 = run_block_cl(self.encoder_layer4to3, resize_query_dims_cl(sqz4, sqz3.shape[1:3]) + sqz3)
         mix432 = run_block_cl(self.encoder_layer3to2, resize_query_dims_cl(mix43, sqz2.shape[1:3]) + sqz2)
         return decode(self.decoder1, self.decoder2, mix432.mean(dim=(3, 4)).permute(0, 3, 1, 2))
