@@ -24,3 +24,19 @@ def shared_reference() -> Path:
     if not SHARED_REFERENCE.is_dir():
         pytest.skip("../shared/reference is not available")
     return SHARED_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def trained_head(tmp_path_factory):
+    """``trained_head(arch)``: a tiny `hmfss train` run of ``arch`` ("vat", "asnet"), made once
+    per session on first use (see helpers/train_runs.py)."""
+    from helpers.train_runs import train_head
+
+    runs = {}
+
+    def get(arch: str):
+        if arch not in runs:
+            runs[arch] = train_head(arch, tmp_path_factory.mktemp(f"trained-{arch}"))
+        return runs[arch]
+
+    return get

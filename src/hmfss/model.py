@@ -258,6 +258,7 @@ def build_model(
         raise HmfssError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(HEADS))}")
     check_strategy(masking)
     head_cls = HEADS[arch]
+    options = {**head_cls.benchmark_options(None), **options}  # recorded: checkpoints name their variant
     net = build_backbone(backbone, backbone_weights, extra_shallow=head_cls.extra_shallow)
     head = head_cls(in_channels=net.info.levels, backbone_info=net.info, **options)
     img_size = img_size or head_cls.default_img_size(**options)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (autouse fixture)
 from helpers.tiny_data import make_coco, make_folder, make_fss, make_pascal
 
 from hmfss import build_model, load_model, save_checkpoint
@@ -145,3 +146,48 @@ def test_table_lists_only_the_extremes_of_long_class_lists():
     # the 5 lowest (IoU 0..4) and 5 highest (25..29) classes: c{i} has IoU 7i mod 30
     assert shown == ["c00", "c13", "c26", "c09", "c22", "c25", "c08", "c21", "c04", "c17"]
     assert "400x400" in text and "  -  " not in text.splitlines()[0]
+
+
+# ---- checkpoints of the VAT and ASNet heads -----------------------------------------------------
+
+
+@pytest.mark.parametrize("arch, size, options", [("vat", 473, {"benchmark": "fss"}), ("asnet", 257, {})])
+def test_trained_vat_and_asnet_checkpoints(trained_head, tmp_path, arch, size, options):
+    run = trained_head(arch)
+    assert run.rc == 0
+    out = tmp_path / "res.json"
+    assert main(args(run.data, "fss", run.run / "best.pt", "--episodes", 1, "--json", out)) == 0
+    res = json.loads(out.read_text())
+    assert res["evaluated"] == 1 and res["protocol"]["img_size"] == size
+    assert res["model"]["arch"] == arch and res["model"]["options"] == options
+    assert res["per_class"][0]["name"] == "apple_pie"  # the test classes, not the training ones
+
+
+def test_vat_checkpoint_without_its_benchmark_option_gets_the_tested_one(trained_head, tmp_path, capsys):
+    from hmfss.errors import HmfssError
+
+    run = trained_head("vat")
+    obj = torch.load(run.run / "best.pt", weights_only=True)
+    del obj["config"]["options"]["benchmark"]  # as written before options were recorded
+    legacy = tmp_path / "legacy.pt"
+    torch.save(obj, legacy)
+    # an FSS-1000 VAT has a skip projection the PASCAL layout (the default) lacks
+    with pytest.raises(HmfssError, match="does not fit vat/efficientnet-lite0"):
+        load_model(legacy)
+    assert load_model(legacy, benchmark="fss").config.options == {"benchmark": "fss"}
+    # the CLI passes --benchmark: the model loads, then every episode is skipped (no image files
+    # here), which stops the run after loading without paying for a VAT forward pass
+    empty = tmp_path / "empty"
+    (empty / "FSS-1000").mkdir(parents=True)
+    argv = ["test", "--benchmark", "fss", "--datapath", str(empty), "--splits", str(run.data.splits),
+            "--checkpoint", str(legacy), "--arch", "vat", "--episodes", "1", "--workers", "0", "--no-progress",
+            "--skip-bad-images"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no episode could be evaluated" in err and len(err.splitlines()) == 1, err
+    argv[argv.index("fss", 2)] = "pascal"  # the same file as a PASCAL model does not fit
+    data = make_pascal(tmp_path / "p")
+    argv[argv.index("--datapath") + 1] = str(data.datapath)
+    argv[argv.index("--splits") + 1] = str(data.splits)
+    assert main(argv) == 2
+    assert "does not fit vat/efficientnet-lite0" in capsys.readouterr().err

@@ -64,3 +64,97 @@ def test_missing_run_directory_and_missing_logdir(bench, tmp_path, capsys):
     args = args[: args.index("--logdir")]
     assert main(args) == 2
     assert "--logdir RUN" in capsys.readouterr().err
+
+
+# ---- VAT and ASNet with their recipes (SPEC §5.2) ------------------------------------------------
+
+
+def _config(run):
+    from hmfss.engine.config import read_config_file
+
+    return read_config_file(run / "config.yaml")
+
+
+def _trainable_names(arch, **options):
+    from hmfss import build_model
+
+    model = build_model(arch, "efficientnet-lite0", "hm", **options)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def test_train_vat_uses_its_recipe(trained_head):
+    vat = trained_head("vat")
+    assert vat.rc == 0
+    cfg = _config(vat.run)
+    assert (cfg["optimizer"], cfg["lr"], cfg["decoder_lr"], cfg["weight_decay"]) == ("adamw", 5e-4, 5e-4, 0.0)
+    assert cfg["img_size"] == 473 and cfg["model_options"] == {"benchmark": "fss"}
+    assert cfg["augmentation"]["p"] == 0.2 and len(cfg["augmentation"]["ops"]) == 7
+    last = torch.load(vat.run / "last.pt", weights_only=True)
+    assert last["optimizer_kind"] == "AdamW"
+    groups = last["optimizer"]["param_groups"]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(5e-4, 0.0), (5e-4, 0.0)]
+    # group sizes: VAT-FSS's decoder modules (decoder_stages.*, decoder.*) vs the rest of the head
+    names = _trainable_names("vat", benchmark="fss")
+    decoder = [n for n in names if n.startswith(("head.decoder_stages.", "head.decoder."))]
+    assert [len(g["params"]) for g in groups] == [len(names) - len(decoder), len(decoder)]
+    best = torch.load(vat.run / "best.pt", weights_only=True)
+    assert best["config"]["img_size"] == 473 and best["config"]["options"] == {"benchmark": "fss"}
+    log = (vat.run / "log.txt").read_text()
+    assert "img 473" in log and "AdamW, 2 groups" in log and "augmentation photometric" in log
+
+
+def test_train_asnet_uses_its_recipe_and_resumes(trained_head, tmp_path):
+    import shutil
+
+    from hmfss.cli.main import main
+
+    asnet = trained_head("asnet")
+    assert asnet.rc == 0
+    cfg = _config(asnet.run)
+    assert (cfg["optimizer"], cfg["lr"], cfg["decoder_lr"], cfg["augmentation"], cfg["img_size"]) == \
+        ("adam", 1e-3, None, "none", 257)
+    last = torch.load(asnet.run / "last.pt", weights_only=True)
+    assert last["optimizer_kind"] == "Adam"
+    (group,) = last["optimizer"]["param_groups"]
+    assert (group["lr"], group["weight_decay"], len(group["params"])) == (1e-3, 0.0, len(_trainable_names("asnet")))
+    # resume for a second epoch: the Adam state goes on from step 1 (a fresh optimiser would restart at 1)
+    run = tmp_path / "run"
+    shutil.copytree(asnet.run, run)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--workers", "0"]) == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["optimizer_kind"] == "Adam"
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {2.0}
+    assert _config(run)["lr"] == 1e-3
+
+
+def test_resuming_vat_rebuilds_its_optimizer(trained_head, tmp_path, capsys):
+    import shutil
+
+    from hmfss.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_head("vat").run, run)
+    # nothing left to train: the resumed run loads the AdamW state into an AdamW with 2 groups and stops
+    assert main(["train", "--resume", str(run), "--workers", "0"]) == 0
+    log = (run / "log.txt").read_text()
+    assert log.count("AdamW, 2 groups") == 2 and "resumed" in log
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot change 'lr' when resuming" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--arch", "vat", "--model-option", "colour=red"), "unknown VAT option(s): colour"),
+    (("--arch", "asnet", "--model-option", "benchmark=fss"), "unknown ASNet option(s): benchmark"),
+    (("--model-option", "benchmark=fss"), "unknown HSNet option(s): benchmark"),
+    (("--arch", "vat", "--model-option", "benchmark=ade"), "unknown VAT benchmark 'ade'"),
+    (("--arch", "unet",), "unknown arch 'unet'"),
+    (("--optimizer", "sgd",), "optimizer must be one of adam, adamw, got 'sgd'"),
+    (("--augmentation", "strong",), "augmentation must be 'none', 'photometric' or a mapping"),
+    (("--decoder-lr", "-1",), "decoder_lr must be positive"),
+])
+def test_bad_head_settings_are_one_line_errors(bench, tmp_path, capsys, extra, message):
+    assert main(_args(bench, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

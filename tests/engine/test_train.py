@@ -40,7 +40,9 @@ def test_a_few_steps_lower_the_loss_and_write_the_run(bench, tmp_path):
     run = tmp_path / "run"
     for name in ("best.pt", "last.pt", "config.yaml", "history.jsonl", "history.csv", "log.txt"):
         assert (run / name).is_file(), name
-    assert read_config_file(run / "config.yaml") == {**cfg.to_dict()}
+    # the resolved config: what was given, plus HSNet's recipe for what was not
+    assert read_config_file(run / "config.yaml") == {
+        **cfg.to_dict(), "optimizer": "adam", "weight_decay": 0.0, "augmentation": "none"}
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
@@ -159,3 +161,95 @@ def test_config_file_then_overrides(tmp_path):
     assert resolve_config(tmp_path / "c.json").val_split == "heldout"
     with pytest.raises(HmfssError, match="val_split must be one of"):
         resolve_config(None, {"val_split": "train"})
+
+
+# ---- per-head recipes (SPEC §5.2) ----------------------------------------------------------------
+
+
+def _resolved(**kw):
+    from hmfss.engine.config import resolve_recipe
+
+    return resolve_recipe(TrainConfig(**kw))
+
+
+def test_recipes_resolve_to_the_original_settings():
+    hsnet = _resolved(arch="hsnet", benchmark="pascal")
+    assert (hsnet.optimizer, hsnet.lr, hsnet.weight_decay, hsnet.decoder_lr, hsnet.augmentation, hsnet.img_size) == \
+        ("adam", 1e-3, 0.0, None, "none", 400)
+    asnet = _resolved(arch="asnet", benchmark="coco")
+    assert (asnet.optimizer, asnet.lr, asnet.weight_decay, asnet.decoder_lr, asnet.augmentation, asnet.img_size) == \
+        ("adam", 1e-3, 0.0, None, "none", 400)
+    for bench, size in (("pascal", 473), ("coco", 417), ("fss", 473), ("folder", 473)):
+        vat = _resolved(arch="vat", benchmark=bench)
+        assert (vat.optimizer, vat.lr, vat.weight_decay, vat.decoder_lr, vat.decoder_weight_decay) == \
+            ("adamw", 5e-4, 0.0, 5e-4, 0.0)
+        assert vat.img_size == size
+        assert vat.model_options == {"benchmark": "pascal" if bench == "folder" else bench}
+        assert vat.augmentation["p"] == 0.2 and vat.augmentation["posterize_bits"] == 4
+    # resolving twice changes nothing (a resumed run rebuilds the same optimiser)
+    from hmfss.engine.config import resolve_recipe
+
+    vat = _resolved(arch="vat", benchmark="coco")
+    assert resolve_recipe(vat) == vat
+
+
+def test_flags_override_the_recipe():
+    vat = _resolved(arch="vat", benchmark="coco", lr=1e-4, img_size=321, augmentation="none",
+                    model_options={"benchmark": "fss"})
+    assert (vat.lr, vat.decoder_lr, vat.img_size, vat.augmentation, vat.model_options) == \
+        (1e-4, 1e-4, 321, "none", {"benchmark": "fss"})
+    vat = _resolved(arch="vat", decoder_lr=2e-4, weight_decay=0.01, optimizer="adam")
+    assert (vat.optimizer, vat.lr, vat.decoder_lr, vat.weight_decay, vat.decoder_weight_decay) == \
+        ("adam", 5e-4, 2e-4, 0.01, 0.01)
+    hsnet = _resolved(arch="hsnet", augmentation={"p": 0.5, "ops": ["solarize"]}, optimizer="adamw")
+    assert hsnet.augmentation["p"] == 0.5 and hsnet.augmentation["ops"] == ["solarize"]
+    assert hsnet.optimizer == "adamw" and hsnet.decoder_lr is None
+    with pytest.raises(HmfssError, match="unknown arch 'unet'"):
+        _resolved(arch="unet")
+    for bad, message in (({"optimizer": "sgd"}, "optimizer must be one of adam, adamw"),
+                         ({"lr": 0.0}, "lr must be positive"),
+                         ({"weight_decay": -1.0}, "weight_decay must not be negative"),
+                         ({"augmentation": {"p": 2}}, "augmentation p must be in")):
+        with pytest.raises(HmfssError, match=message.replace("(", r"\(")):
+            resolve_config(None, bad)
+
+
+def test_optimizers_of_each_head():
+    from hmfss import build_model
+    from hmfss.engine.train import build_optimizer
+
+    vat = build_model("vat", "efficientnet-lite0", "hm")
+    opt = build_optimizer(vat, _resolved(arch="vat"))
+    assert type(opt) is torch.optim.AdamW and len(opt.param_groups) == 2
+    head = vat.head
+    decoder = {id(p) for m in (head.decoder_stages, head.decoder) for p in m.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == decoder
+    rest = {id(p) for p in head.parameters()} - decoder
+    assert {id(p) for p in opt.param_groups[0]["params"]} == rest
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(5e-4, 0.0), (5e-4, 0.0)]
+    asnet = build_model("asnet", "efficientnet-lite0", "hm")
+    opt = build_optimizer(asnet, _resolved(arch="asnet"))
+    assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["weight_decay"] == 0.0
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in asnet.head.parameters()}
+
+
+def test_augmented_training_resumes_exactly(bench, tmp_path):
+    aug = {"p": 0.5}
+    plain = train(tiny_config(bench, tmp_path / "plain", epochs=1), console=False)
+    full = train(tiny_config(bench, tmp_path / "full", augmentation=aug, checkpoint_every=2), console=False)
+    assert any(not torch.equal(plain.state[k], full.state[k]) for k in plain.state)  # the images did change
+    assert "augmentation photometric, each op with p 0.5" in (tmp_path / "full" / "log.txt").read_text()
+    cfg = tiny_config(bench, tmp_path / "cut", augmentation=aug, checkpoint_every=2, workers=1)
+    with pytest.raises(TrainingStopped):
+        train(cfg, console=False, stop_after_steps=6)
+    resumed = train(resume_config(tmp_path / "cut"), resume=True, console=False)
+    _same_state(full.state, resumed.state)
+
+
+def test_resume_refuses_an_optimizer_of_another_kind(bench, tmp_path):
+    train(tiny_config(bench, tmp_path / "run", epochs=1), console=False)
+    path = tmp_path / "run" / "config.yaml"
+    path.write_text(path.read_text().replace("optimizer: adam\n", "optimizer: adamw\n"))
+    with pytest.raises(HmfssError, match="holds Adam optimizer state, but the run's config gives AdamW"):
+        train(resume_config(tmp_path / "run", {"epochs": 2}), resume=True, console=False)

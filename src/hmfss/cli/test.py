@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device or "auto")
     model = load_model(args.checkpoint, arch=args.arch, backbone=args.backbone, masking=args.masking,
-                       img_size=args.img_size, device=device)
+                       img_size=args.img_size, device=device, benchmark=args.benchmark)
     img_size = int(args.img_size or model.config.img_size)
 
     dataset = EpisodeDataset(reader, episodes, img_size, original_size=args.use_original_imgsize,

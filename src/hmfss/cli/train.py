@@ -16,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a few-shot segmenter (1-shot episodes; DDP via torchrun)",
-        description="Episodic 1-shot training with the original recipe (Adam lr 1e-3, 2-class cross-entropy, "
-                    "frozen backbone), validation every epoch, best-mIoU checkpoint. Multi-GPU / multi-node: "
+        description="Episodic 1-shot training (2-class cross-entropy, frozen backbone) with each head's original "
+                    "recipe: HSNet Adam lr 1e-3; VAT AdamW lr 5e-4 (decoder group), photometric augmentation, "
+                    "473 px (COCO 417); ASNet Adam lr 1e-3. Validation every epoch, best-mIoU checkpoint. "
+                    "Multi-GPU / multi-node: "
                     "torchrun --nproc_per_node N -m hmfss.cli.main train ... (--bsz is the global batch).",
         argument_default=S,
     )
@@ -32,19 +34,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--classes", metavar="FILE", help="folder: file listing the test classes")
     d.add_argument("--test-ratio", type=float, help="folder: seeded fraction of test classes")
     d.add_argument("--split-seed", type=int, help="folder: seed of --test-ratio (default 0)")
-    d.add_argument("--img-size", type=int, help="input size (default: the architecture's, 400 for hsnet)")
+    d.add_argument("--img-size", type=int,
+                   help="input size (default: the head's, 400 hsnet/asnet, 473 vat, 417 vat on coco)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--arch", help="head: hsnet (default) or another registered head")
+    m.add_argument("--arch", help="head: hsnet (default), vat or asnet")
     m.add_argument("--backbone", help="resnet50 (default) | resnet101 | vgg16 | efficientnet-lite0")
     m.add_argument("--backbone-weights", metavar="PTH",
                    help="ImageNet weights: a torchvision .pth, or 'imagenet' for efficientnet-lite0")
     m.add_argument("--masking", help="none | fm | im | hm (default) | hm-add | hm-reverse")
     m.add_argument("--model-option", action="append", dest="model_option", metavar="KEY=VALUE",
-                   help="head-specific option (repeatable)")
+                   help="head-specific option (repeatable); vat: benchmark=pascal|coco|fss (default: the "
+                        "training benchmark's, pascal for folders), mask_at=auto|resized|raw")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    o.add_argument("--optimizer", help="adam | adamw (default: the head's; adamw for vat)")
+    o.add_argument("--lr", type=float, help="learning rate (default: the head's; 1e-3 hsnet/asnet, 5e-4 vat)")
+    o.add_argument("--weight-decay", type=float, help="weight decay (default: the head's, 0)")
+    o.add_argument("--decoder-lr", type=float,
+                   help="learning rate of the parameters named *decoder* (vat's second group; default: --lr "
+                        "if given, else the head's)")
+    o.add_argument("--decoder-weight-decay", type=float, help="weight decay of the decoder group")
+    o.add_argument("--augmentation", metavar="none|photometric",
+                   help="training-image augmentation (default: the head's; photometric for vat, none otherwise); "
+                        "a config file may give a mapping of its parameters")
     o.add_argument("--bsz", type=int, help="episodes per step over all processes (default 20)")
     o.add_argument("--epochs", "--niter", type=int, dest="epochs", help="number of epochs (default 100)")
     o.add_argument("--episodes-per-epoch", type=int,

@@ -9,7 +9,11 @@ Item (a dict):
   ``org_query_size`` (H0, W0)
 * with ``original_size``: ``query_mask_full`` (H0, W0) float and ``query_ignore_full`` (H0, W0) bool
 
-Images are resized with PIL bilinear, masks with legacy nearest (SPEC §1.1). A file that
+Images are resized with PIL bilinear, masks with legacy nearest (SPEC §1.1). With an
+``augmentation`` (training), the query and then each support image are augmented at their
+original size, before resizing and normalisation, by one generator seeded with the episode's
+entry of ``augment_seeds`` (default: its index), so items do not depend on the worker that
+loads them; masks are not changed. A file that
 cannot be read gives ``{"index": i, "error": "<one line naming the file>"}`` instead of
 raising inside a worker; :func:`collate_episodes` gathers those under ``"errors"`` so that the
 caller decides (fail with the message, or skip the episode and count it).
@@ -19,10 +23,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import HmfssError
+from ..heads.recipe import PhotometricAugmentation
+from .augment import photometric_augment
 from .episodes import Episode
 from .readers import Reader
 from .transforms import image_to_tensor, resize_mask
@@ -34,12 +42,17 @@ class EpisodeDataset(Dataset):
     """Tensors of a fixed list of episodes (the list decides everything random)."""
 
     def __init__(self, reader: Reader, episodes: Sequence[Episode], img_size: int,
-                 original_size: bool = False, ignore_255: bool = True):
+                 original_size: bool = False, ignore_255: bool = True,
+                 augmentation: PhotometricAugmentation | None = None, augment_seeds: Sequence[int] | None = None):
         self.reader = reader
         self.episodes = list(episodes)
         self.img_size = int(img_size)
         self.original_size = original_size
         self.ignore_255 = ignore_255
+        self.augmentation = augmentation
+        self.augment_seeds = None if augment_seeds is None else [int(s) for s in augment_seeds]
+        if self.augment_seeds is not None and len(self.augment_seeds) != len(self.episodes):
+            raise ValueError(f"{len(self.augment_seeds)} augmentation seeds for {len(self.episodes)} episodes")
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -57,15 +70,21 @@ class EpisodeDataset(Dataset):
         query = self.reader.load(ep.query, ep.class_id)
         supports = [self.reader.load(name, ep.class_id) for name in ep.supports]
         ignore = query.ignore if (query.ignore is not None and self.ignore_255) else None
+        query_image, support_images = query.image, [s.image for s in supports]
+        if self.augmentation is not None:
+            gen = torch.Generator()
+            gen.manual_seed(self.augment_seeds[index] if self.augment_seeds is not None else index)
+            query_image = self._augment(query_image, gen)
+            support_images = [self._augment(image, gen) for image in support_images]
         item: dict[str, Any] = {
             "index": index,
-            "query_img": image_to_tensor(query.image, size),
+            "query_img": image_to_tensor(query_image, size),
             "query_mask": resize_mask(query.mask, size),
             "query_ignore": (resize_mask(ignore, size) > 0) if ignore is not None
             else torch.zeros(size, size, dtype=torch.bool),
             "query_name": ep.query,
             "class_id": ep.class_id,
-            "support_imgs": torch.stack([image_to_tensor(s.image, size) for s in supports]),
+            "support_imgs": torch.stack([image_to_tensor(image, size) for image in support_images]),
             "support_masks": torch.stack([resize_mask(s.mask, size) for s in supports]),
             "support_names": list(ep.supports),
             "org_query_size": query.size,
@@ -75,6 +94,13 @@ class EpisodeDataset(Dataset):
             item["query_ignore_full"] = (torch.from_numpy(ignore) if ignore is not None
                                          else torch.zeros(query.size, dtype=torch.bool))
         return item
+
+    def _augment(self, image: Image.Image, gen: torch.Generator) -> Image.Image:
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        out = photometric_augment(pixels, self.augmentation, gen)
+        if out is pixels:
+            return image
+        return Image.fromarray(out.permute(1, 2, 0).contiguous().numpy())
 
 
 def collate_episodes(items: list[dict[str, Any]]) -> dict[str, Any]:

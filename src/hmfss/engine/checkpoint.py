@@ -154,13 +154,17 @@ def load_model(
     masking: str | None = None,
     img_size: int | None = None,
     device: str | torch.device = "cpu",
+    benchmark: str | None = None,
     **options: Any,
 ):
     """Build the model a checkpoint describes and load it.
 
     hmfss checkpoints carry their config (arguments given here override it); original
-    checkpoints need ``arch`` and ``backbone`` (masking defaults to "hm").
+    checkpoints need ``arch`` and ``backbone`` (masking defaults to "hm"). ``benchmark``
+    (the data the model is used on) supplies the head's data-dependent options (VAT's
+    ``benchmark``) where neither the checkpoint nor ``options`` give them.
     """
+    from ..heads import HEADS
     from ..model import build_model
 
     obj = read_checkpoint(path)
@@ -173,7 +177,8 @@ def load_model(
             f"checkpoint {path} is not an hmfss checkpoint: give the architecture and backbone "
             f"(--arch, --backbone)"
         )
-    merged = {**config.get("options", {}), **options}
+    defaults = HEADS[arch].benchmark_options(benchmark) if benchmark is not None and arch in HEADS else {}
+    merged = {**defaults, **config.get("options", {}), **options}
     model = build_model(
         arch,
         backbone,

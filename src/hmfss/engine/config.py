@@ -16,6 +16,7 @@ from ..atomic import atomic_write_text
 from ..errors import HmfssError
 
 VAL_SPLITS = ("val", "test", "heldout")
+OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclass
@@ -28,15 +29,20 @@ class TrainConfig:
     classes: str | None = None  # folder benchmark: file listing the test classes
     test_ratio: float | None = None  # folder benchmark: seeded fraction of test classes
     split_seed: int = 0
-    img_size: int | None = None  # default: the architecture's (400 HSNet)
+    img_size: int | None = None  # default: the head's recipe (400 HSNet/ASNet; VAT 473, COCO 417)
     # model
     arch: str = "hsnet"
     backbone: str = "resnet50"
     backbone_weights: str | None = None  # .pth, or "imagenet" for efficientnet-lite0
     masking: str = "hm"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    # optimisation (SPEC §5)
-    lr: float = 1e-3
+    model_options: dict[str, Any] = field(default_factory=dict)  # head options; VAT's benchmark: the data's
+    # optimisation (SPEC §5); None = the head's recipe (HEADS[arch].recipe), resolved when a run starts
+    optimizer: str | None = None  # adam | adamw
+    lr: float | None = None
+    weight_decay: float | None = None
+    decoder_lr: float | None = None  # a second group for parameters named *decoder* (VAT)
+    decoder_weight_decay: float | None = None
+    augmentation: str | dict[str, Any] | None = None  # none | photometric | {PhotometricAugmentation fields}
     bsz: int = 20  # episodes per optimizer step, over all processes
     epochs: int = 100
     episodes_per_epoch: int | None = None  # default: the benchmark's training epoch size
@@ -175,12 +181,66 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise HmfssError(f"{name} must be at least 1, got {value}")
-    if cfg.lr <= 0:
-        raise HmfssError(f"lr must be positive, got {cfg.lr}")
+    for name in ("lr", "decoder_lr"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise HmfssError(f"{name} must be positive, got {value}")
+    for name in ("weight_decay", "decoder_weight_decay"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise HmfssError(f"{name} must not be negative, got {value}")
+    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
+        raise HmfssError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.augmentation is not None:
+        from ..data.augment import augmentation_from_config
+
+        augmentation_from_config(cfg.augmentation)
     if cfg.workers < 0 or cfg.checkpoint_every < 0:
         raise HmfssError("workers and checkpoint_every must not be negative")
     if not 0.0 < cfg.heldout_ratio < 1.0:
         raise HmfssError(f"heldout_ratio must be in (0, 1), got {cfg.heldout_ratio}")
+
+
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every setting left to the head's recipe filled in (SPEC §5.2).
+
+    Optimiser, learning rate and weight decay, the decoder parameter group, the
+    augmentation, the head's data-dependent options (VAT's ``benchmark``: the training
+    benchmark's, PASCAL's for folders) and the image size come from ``HEADS[arch].recipe``
+    unless set. An explicit ``lr`` / ``weight_decay`` also applies to the decoder group unless
+    ``decoder_lr`` / ``decoder_weight_decay`` are set. The result is what a run stores in its
+    config.yaml, so resolving it again changes nothing and ``--resume`` rebuilds the same
+    optimiser.
+    """
+    from dataclasses import replace
+
+    from ..data.augment import augmentation_from_config, augmentation_to_config
+    from ..heads import HEADS
+
+    head = HEADS.get(cfg.arch)
+    if head is None:
+        raise HmfssError(f"unknown arch {cfg.arch!r}; choose one of {', '.join(sorted(HEADS))}")
+    recipe = head.recipe
+    lr = cfg.lr if cfg.lr is not None else recipe.lr
+    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay
+    decoder_lr = decoder_wd = None
+    if any(v is not None for v in (recipe.decoder_lr, recipe.decoder_weight_decay, cfg.decoder_lr,
+                                   cfg.decoder_weight_decay)):
+        decoder_lr = (cfg.decoder_lr if cfg.decoder_lr is not None else cfg.lr if cfg.lr is not None
+                      else recipe.decoder_lr if recipe.decoder_lr is not None else lr)
+        decoder_wd = (cfg.decoder_weight_decay if cfg.decoder_weight_decay is not None
+                      else cfg.weight_decay if cfg.weight_decay is not None
+                      else recipe.decoder_weight_decay if recipe.decoder_weight_decay is not None else weight_decay)
+    if cfg.augmentation is None:
+        augmentation = recipe.augmentation
+    else:
+        augmentation = augmentation_from_config(cfg.augmentation)
+    options = {**head.benchmark_options(cfg.benchmark), **cfg.model_options}
+    img_size = cfg.img_size or head.default_img_size(**options)
+    return replace(cfg, optimizer=cfg.optimizer or recipe.optimizer, lr=float(lr), weight_decay=float(weight_decay),
+                   decoder_lr=None if decoder_lr is None else float(decoder_lr),
+                   decoder_weight_decay=None if decoder_wd is None else float(decoder_wd),
+                   augmentation=augmentation_to_config(augmentation), model_options=options, img_size=int(img_size))
 
 
 def dump_yaml(cfg: TrainConfig | dict[str, Any]) -> str:

@@ -1,4 +1,6 @@
-"""Episodic training (SPEC §5): 1-shot episodes, Adam, 2-class cross-entropy, frozen backbone.
+"""Episodic training (SPEC §5): 1-shot episodes, 2-class cross-entropy, frozen backbone, and
+each head's original recipe (SPEC §5.2: optimiser, learning rate, parameter groups, image size,
+photometric augmentation; see :func:`~hmfss.engine.config.resolve_recipe`).
 
 One call to :func:`train` runs (or resumes) a run directory::
 
@@ -18,7 +20,9 @@ sharded and the metric accumulators summed over ranks; only rank 0 writes files.
 ``last.pt`` is written atomically at every epoch end (and every ``checkpoint_every`` steps);
 resuming restores weights, optimizer, position in the epoch (the sampler state) and every
 rank's RNG states, so an interrupted-then-resumed run ends with the same weights as an
-uninterrupted one (same device, world size and worker-free determinism).
+uninterrupted one (same device, world size and worker-free determinism). Augmented training
+images are too: each episode's augmentation is drawn from a generator seeded by (seed, epoch,
+position of the episode in the epoch), in the data-loading workers.
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import HmfssError
 from ..atomic import atomic_write_text
-from .config import RESUMABLE_OVERRIDES, TrainConfig, validate, write_config
+from ..data.augment import augmentation_from_config, describe_augmentation
+from ..errors import HmfssError
+from .config import RESUMABLE_OVERRIDES, TrainConfig, resolve_recipe, validate, write_config
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -150,6 +155,35 @@ def training_episodes(info, seed: int, epoch: int, count: int):
             if len(out) == count:
                 break
     return out
+
+
+def augmentation_seeds(seed: int, epoch: int, count: int) -> list[int]:
+    """Per-episode seeds of the training augmentation of one epoch (a pure function)."""
+    return [int(v) for v in np.random.SeedSequence([int(seed), int(epoch), 3]).generate_state(count, np.uint32)]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` after :func:`~hmfss.engine.config.resolve_recipe`: Adam or AdamW
+    over the trainable parameters, one group, or two when ``decoder_lr`` / ``decoder_weight_decay``
+    are set (parameters whose name contains "decoder" form the second; VAT)."""
+    from ..heads.recipe import Recipe
+
+    cfg = resolve_recipe(cfg)  # no-op for a resolved config
+    recipe = Recipe(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, decoder_lr=cfg.decoder_lr,
+                    decoder_weight_decay=cfg.decoder_weight_decay)
+    groups = [g for g in recipe.param_groups(model) if g["params"]]
+    if not groups:
+        raise HmfssError(f"{cfg.arch} has no trainable parameters")
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """e.g. "AdamW, 2 groups: 1,234 params lr 0.0005 wd 0 | 567 params lr 0.0005 wd 0"."""
+    parts = [f"{sum(p.numel() for p in g['params']):,} params lr {g['lr']:g} wd {g['weight_decay']:g}"
+             for g in optimizer.param_groups]
+    n = len(parts)
+    return f"{type(optimizer).__name__}, {n} group{'s' if n > 1 else ''}: " + " | ".join(parts)
 
 
 def _support(rng: np.random.Generator, pool: list[str], query: str) -> str:
@@ -354,7 +388,7 @@ class Trainer:
         validate(cfg)
         if not cfg.logdir:
             raise HmfssError("no run directory: give --logdir RUN")
-        self.cfg = cfg
+        self.cfg = resolve_recipe(cfg)
         self.resume = resume
         self.console = console
         self.stop_after_steps = stop_after_steps
@@ -421,7 +455,8 @@ class Trainer:
         img_size = model.config.img_size
         data = setup_data(cfg)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        optimizer = build_optimizer(model, cfg)
+        augmentation = augmentation_from_config(cfg.augmentation)
         use_scaler = cfg.amp and info.device.type == "cuda" and autocast_dtype(info.device) == torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -444,6 +479,7 @@ class Trainer:
                 state = read_checkpoint(self.run_dir / "last.pt")
             state = broadcast_object(state, info)
             model.load_state_dict(state["model"])
+            _check_optimizer_state(optimizer, state, self.run_dir / "last.pt")
             optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -477,7 +513,9 @@ class Trainer:
         log.info(f"training: {cfg.benchmark} {len({c for _, c in data.train_info.entries}) if data.train_info.sampling != 'class-first' else len(data.train_info.class_ids)} "
                  f"classes, {global_epoch_size} 1-shot episodes per epoch, batch {cfg.bsz}"
                  + (f" ({local_bsz} per process)" if info.enabled else "")
-                 + f", {steps_per_epoch} steps per epoch, Adam lr {cfg.lr:g}, amp {'on (' + str(autocast_dtype(info.device)).replace('torch.', '') + ')' if cfg.amp else 'off'}")
+                 + f", {steps_per_epoch} steps per epoch, amp {'on (' + str(autocast_dtype(info.device)).replace('torch.', '') + ')' if cfg.amp else 'off'}")
+        log.info(f"recipe: optimizer {describe_optimizer(optimizer)}; augmentation {describe_augmentation(augmentation)}"
+                 + (f"; head options {cfg.model_options}" if cfg.model_options else ""))
         log.info(f"validation: {data.val_description}")
         if board.active:
             log.info(f"TensorBoard scalars in {self.run_dir / 'tb'}")
@@ -505,7 +543,12 @@ class Trainer:
             episodes = training_episodes(data.train_info, cfg.seed, epoch, global_epoch_size)
             mine = shard(episodes, info.rank, info.world_size)
             first_step = start_step if epoch == start_epoch else 0
-            dataset = EpisodeDataset(data.reader, mine[first_step * local_bsz:], img_size)
+            seeds = None
+            if augmentation is not None:  # aligned with the episodes: same sharding, same offset
+                seeds = shard(augmentation_seeds(cfg.seed, epoch, len(episodes)), info.rank, info.world_size)
+                seeds = seeds[first_step * local_bsz:]
+            dataset = EpisodeDataset(data.reader, mine[first_step * local_bsz:], img_size,
+                                     augmentation=augmentation, augment_seeds=seeds)
             loader = _loader(dataset, local_bsz, cfg.workers, (cfg.seed * 100003 + epoch) * 1009 + info.rank)
             meter = SegmentationMeter(data.train_info.class_ids if data.train_info.sampling == "class-first"
                                       else sorted({c for _, c in data.train_info.entries}),
@@ -663,11 +706,25 @@ class Trainer:
         rngs = [g[0] for g in gathered]
         partial = [g[1] for g in gathered] if step else None
         save_checkpoint(model, self.run_dir / "last.pt", optimizer=optimizer.state_dict(),
+                        optimizer_kind=type(optimizer).__name__,
                         scaler=scaler.state_dict() if scaler.is_enabled() else None,
                         epoch=epoch, step=step, global_step=global_step, best_miou=best_miou, best_epoch=best_epoch,
                         history=history, rng=rngs, world_size=info.world_size, partial=partial,
                         sampler={"seed": self.cfg.seed, "epoch": epoch, "step": step, "kind": "seeded-permutation"},
                         train_config=self.cfg.to_dict())
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], path: Path) -> None:
+    """The saved optimizer state must come from the same kind of optimiser with the same groups."""
+    kind = state.get("optimizer_kind")
+    if kind is not None and kind != type(optimizer).__name__:
+        raise HmfssError(f"{path} holds {kind} optimizer state, but the run's config gives "
+                         f"{type(optimizer).__name__}; was config.yaml edited?")
+    saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+    ours = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != ours:
+        raise HmfssError(f"{path} holds optimizer groups of {saved} parameters, the model has {ours}; "
+                         f"was config.yaml edited?")
 
 
 def _reduce_sums(sums: np.ndarray, info: DistInfo) -> np.ndarray:

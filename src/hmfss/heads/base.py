@@ -38,6 +38,13 @@ class Head(nn.Module):
     channels_last_features: bool = False  # whether the backbone may hand over channels-last maps
 
     @classmethod
+    def benchmark_options(cls, benchmark: str | None = None) -> dict[str, Any]:
+        """Head options that depend on the data: the defaults for a model trained or tested on
+        ``benchmark`` (pascal, coco, fss, folder; None: unknown). Recorded in every model's
+        config, so that checkpoints say which variant they hold."""
+        return {}
+
+    @classmethod
     def default_img_size(cls, **options: Any) -> int:
         """Square input size of the original model with these head options."""
         return 400

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import HmfssError
 from .base import Head, register_head
 from .conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims_cl, to_channels_last
 
@@ -70,8 +73,10 @@ class HSNetHead(Head):
     query_major_corr = True
     channels_last_features = True
 
-    def __init__(self, in_channels: tuple[int, int, int], **options):
+    def __init__(self, in_channels: tuple[int, int, int], backbone_info: Any = None, **options: Any):
         super().__init__()
+        if options:
+            raise HmfssError(f"unknown HSNet option(s): {', '.join(sorted(options))} (HSNet has none)")
         l4, l3, l2 = in_channels
         self.encoder_layer4 = squeeze_block(l4, [16, 64, 128], [3, 3, 3], [2, 2, 2])
         self.encoder_layer3 = squeeze_block(l3, [16, 64, 128], [5, 3, 3], [4, 2, 2])

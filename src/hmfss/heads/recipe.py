@@ -27,6 +27,7 @@ class PhotometricAugmentation:
     ±``jitter_hue`` of a turn, the four in random order). The values are those of
     albumentations 1.x's defaults, which the original relied on (SPEC §5.2, §12.8).
     Geometric augmentation is off in every shipped configuration. Masks are not changed.
+    Applied by :func:`hmfss.data.augment.photometric_augment` (plain torch).
     """
 
     p: float = 0.2
@@ -68,12 +69,15 @@ class Recipe:
     augmentation: PhotometricAugmentation | None = None
 
     def image_size(self, benchmark: str | None = None) -> int:
+        """Square training / evaluation input size for ``benchmark``."""
         return self.img_sizes.get(benchmark or "", self.img_size)
 
     def batch(self, benchmark: str | None = None) -> int:
+        """The original batch size (episodes per step) for ``benchmark``."""
         return self.batch_sizes.get(benchmark or "", self.batch_size)
 
     def epoch_budget(self, benchmark: str | None = None) -> int | None:
+        """The original number of epochs for ``benchmark`` (None: no fixed budget)."""
         return self.epochs_per_benchmark.get(benchmark or "", self.epochs)
 
     def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:

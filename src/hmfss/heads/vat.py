@@ -236,6 +236,12 @@ class VATHead(Head):
         )
 
     @classmethod
+    def benchmark_options(cls, benchmark: str | None = None) -> dict[str, Any]:
+        """``benchmark``: the data's own (pascal, coco, fss); PASCAL's variant for anything
+        else (custom folders, unknown data)."""
+        return {"benchmark": benchmark if benchmark in AFFINITY else "pascal"}
+
+    @classmethod
     def default_img_size(cls, benchmark: str = "pascal", **options: Any) -> int:
         return cls.recipe.image_size(benchmark)
 
