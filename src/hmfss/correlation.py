@@ -65,19 +65,25 @@ def hypercorrelation(
 
 
 def _query_major_level(qs: list[Tensor], ss: list[Tensor], buffers: dict | None, level: int) -> Tensor:
-    """One level, layer by layer: each (Q, S) product lands in its slot of (..., Q, L, S)."""
+    """One level, layer by layer: each (Q, S) product lands in its slot of (..., Q, L, S).
+
+    Under autocast the products run in the autocast dtype, as the plain path's matmul does.
+    """
     lead = torch.broadcast_shapes(*(t.shape[:-3] for t in qs + ss))
     (hq, wq), (hs, ws) = qs[0].shape[-2:], ss[0].shape[-2:]
+    device = qs[0].device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else qs[0].dtype
     shape = (*lead, hq * wq, len(qs), hs * ws)
     out = buffers.get(level) if buffers is not None else None
-    if out is None or out.shape != shape or out.dtype != qs[0].dtype or out.device != qs[0].device:
-        out = qs[0].new_empty(shape)
+    if out is None or out.shape != shape or out.dtype != dtype or out.device != qs[0].device:
+        out = qs[0].new_empty(shape, dtype=dtype)
         if buffers is not None:
             buffers[level] = out
     rows = out.view(-1, hq * wq, len(qs), hs * ws)
     for layer, (q, s) in enumerate(zip(qs, ss)):
         qn = _normalise(q).expand(*lead, *q.shape[-3:-2], hq * wq).reshape(-1, q.shape[-3], hq * wq)
         sn = _normalise(s).expand(*lead, *s.shape[-3:-2], hs * ws).reshape(-1, s.shape[-3], hs * ws)
-        torch.bmm(qn.transpose(1, 2), sn, out=rows[:, :, layer])
+        with torch.autocast(device, enabled=False):
+            torch.bmm(qn.transpose(1, 2).to(dtype), sn.to(dtype), out=rows[:, :, layer])
     out.clamp_(min=0)
     return out.view(*lead, hq, wq, len(qs), hs, ws).movedim(-3, -5)
