@@ -94,3 +94,47 @@ def test_training_updates_only_the_head():
     loss.backward()
     assert all(p.grad is not None for p in model.head.parameters())
     assert all(p.grad is None for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("masking,exact", [("hm", "support"), ("hm-reverse", "im"), ("fm", None)])
+def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact):
+    """HSNet on the CPU: channels-last passes, except the images whose feature signs choose
+    between FM and IM, which keep the reference layout (so the choice is bit-identical)."""
+    q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
+    named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
+    calls = []
+    forward = model.backbone.forward
+    model.backbone.forward = lambda images: calls.append(images) or forward(images)
+    old_masking, model.config.masking = model.config.masking, masking
+    try:
+        with torch.no_grad():
+            model.predict_mask(q, s, m)
+    finally:
+        model.backbone.forward = forward
+        model.config.masking = old_masking
+    layouts = {}
+    for images in calls:
+        for name, ref in named.items():
+            for row in images:
+                if row.shape == ref.shape[1:] and any(torch.equal(row, r) for r in ref):
+                    layouts[name] = "nchw" if images.is_contiguous() else "channels_last"
+    expected = {n: "nchw" if n == exact else "channels_last" for n in ("query", "support")}
+    if masking != "fm":
+        expected["im"] = "nchw" if exact == "im" else "channels_last"
+    assert layouts == expected
+
+
+def test_hm_takes_bit_identical_fm_values_where_the_reference_selects_them(model):
+    q, s, m = make_episode(batch=1, shots=1, size=64, seed=6)
+    with torch.no_grad():
+        ours = model.encode_support(s, m).feats
+        feats = model.backbone(s[:, 0])  # reference: every map from a plain NCHW pass
+        im = model.backbone(s[:, 0] * m[:, 0].unsqueeze(1))
+    selected = 0
+    for got, f, i in zip(ours, feats, im):
+        fm = f * torch.nn.functional.interpolate(m[:, :1], f.shape[-2:], mode="bilinear", align_corners=True)
+        chosen = fm > 0
+        selected += int(chosen.sum())
+        assert torch.equal(got[:, 0][chosen], fm[chosen])
+        torch.testing.assert_close(got[:, 0][~chosen], i[~chosen], rtol=1e-4, atol=1e-4)
+    assert selected > 1000  # the check above covered many FM values
