@@ -81,8 +81,8 @@ def _query_major_level(qs: list[Tensor], ss: list[Tensor], buffers: dict | None,
             buffers[level] = out
     rows = out.view(-1, hq * wq, len(qs), hs * ws)
     for layer, (q, s) in enumerate(zip(qs, ss)):
-        qn = _normalise(q).expand(*lead, *q.shape[-3:-2], hq * wq).reshape(-1, q.shape[-3], hq * wq)
-        sn = _normalise(s).expand(*lead, *s.shape[-3:-2], hs * ws).reshape(-1, s.shape[-3], hs * ws)
+        qn = _normalise(q).expand(*lead, q.shape[-3], hq * wq).reshape(-1, q.shape[-3], hq * wq)
+        sn = _normalise(s).expand(*lead, s.shape[-3], hs * ws).reshape(-1, s.shape[-3], hs * ws)
         with torch.autocast(device, enabled=False):
             torch.bmm(qn.transpose(1, 2).to(dtype), sn.to(dtype), out=rows[:, :, layer])
     out.clamp_(min=0)

@@ -179,7 +179,7 @@ class FewShotSegmenter(nn.Module):
 
     def _lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
         b, k = query_feats[0].shape[0], state.shots
-        buffers = self._corr_buffers()
+        buffers = self._corr_buffers() if self.head.query_major_corr else None  # only that layout reuses them
         with torch.no_grad():
             # a support set encoded once (batch 1) broadcasts over a batch of queries
             corr = hypercorrelation([q.unsqueeze(1) for q in query_feats], state.feats, self.levels,

@@ -201,6 +201,11 @@ def validate(cfg: TrainConfig) -> None:
         raise HmfssError(f"heldout_ratio must be in (0, 1), got {cfg.heldout_ratio}")
 
 
+def _first_set(*values: Any) -> Any:
+    """The first value that is not None (the last one always is set)."""
+    return next(v for v in values if v is not None)
+
+
 def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every setting left to the head's recipe filled in (SPEC §5.2).
 
@@ -226,11 +231,8 @@ def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
     decoder_lr = decoder_wd = None
     if any(v is not None for v in (recipe.decoder_lr, recipe.decoder_weight_decay, cfg.decoder_lr,
                                    cfg.decoder_weight_decay)):
-        decoder_lr = (cfg.decoder_lr if cfg.decoder_lr is not None else cfg.lr if cfg.lr is not None
-                      else recipe.decoder_lr if recipe.decoder_lr is not None else lr)
-        decoder_wd = (cfg.decoder_weight_decay if cfg.decoder_weight_decay is not None
-                      else cfg.weight_decay if cfg.weight_decay is not None
-                      else recipe.decoder_weight_decay if recipe.decoder_weight_decay is not None else weight_decay)
+        decoder_lr = _first_set(cfg.decoder_lr, cfg.lr, recipe.decoder_lr, lr)
+        decoder_wd = _first_set(cfg.decoder_weight_decay, cfg.weight_decay, recipe.decoder_weight_decay, weight_decay)
     if cfg.augmentation is None:
         augmentation = recipe.augmentation
     else:
