@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path
+from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path, max_pool_3x3_s2
 from hmfss.errors import HmfssError
 
 
@@ -54,7 +54,7 @@ def test_resnet_taps_are_pre_relu_block_outputs():
     assert all((f < 0).any() for f in feats)
     # independent recomputation of layer2.0's output: stem, layer1 (with ReLUs), then block
     with torch.no_grad():
-        h = backbone.maxpool(torch.relu(backbone.bn1(backbone.conv1(x))))
+        h = torch.nn.functional.max_pool2d(torch.relu(backbone.bn1(backbone.conv1(x))), 3, 2, 1)
         for block in backbone.layer1:
             h = torch.relu(block(h))
         b = backbone.layer2[0]
@@ -113,3 +113,38 @@ def test_wrong_weight_file_is_a_clear_error(tmp_path):
 
 def test_registry_lists_all_backbones():
     assert set(BACKBONES) == {"resnet50", "resnet101", "vgg16", "efficientnet-lite0"}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet-lite0", "vgg16"])
+def test_folded_copy_gives_the_same_maps_without_batchnorm(name):
+    torch.manual_seed(3)
+    backbone = build_backbone(name)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:  # non-trivial statistics, so a wrong fold shows
+        norm.running_mean.normal_(0, 0.2)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_(0, 0.2)
+    images = torch.randn(2, 3, 64, 64)
+    expected = backbone(images)
+    folded = backbone.folded()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules()) == len(norms)  # original kept
+    assert len(list(backbone.conv_bn_pairs())) == len(norms)  # every BatchNorm follows a listed conv
+    got = folded(images.contiguous(memory_format=torch.channels_last))
+    assert len(got) == len(expected)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * float(e.abs().max()))
+    for e, r in zip(expected, backbone(images)):
+        assert torch.equal(e, r)
+
+
+@pytest.mark.parametrize("size", [(9, 9), (8, 11), (1, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_equals_pytorch_bit_for_bit(size, channels_last):
+    x = torch.randn(2, 5, *size)
+    x[0, 0, 0, 0] = float("inf")
+    x[1, 1] = -3.0  # ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(max_pool_3x3_s2(x), torch.nn.functional.max_pool2d(x, 3, 2, 1))

@@ -3,6 +3,7 @@ import torch
 
 from helpers import make_episode
 from hmfss import build_model, vote
+from hmfss.model import foreground
 from hmfss.errors import HmfssError
 
 
@@ -98,30 +99,52 @@ def test_training_updates_only_the_head():
 
 @pytest.mark.parametrize("masking,exact", [("hm", "support"), ("hm-reverse", "im"), ("fm", None)])
 def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact):
-    """HSNet on the CPU: channels-last passes, except the images whose feature signs choose
-    between FM and IM, which keep the reference layout (so the choice is bit-identical)."""
+    """HSNet on the CPU: channels-last passes through the BatchNorm-folded copy, except the
+    images whose feature signs choose between FM and IM, which keep the reference layout and
+    modules (so the choice is bit-identical)."""
     q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
     named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
     calls = []
-    forward = model.backbone.forward
-    model.backbone.forward = lambda images: calls.append(images) or forward(images)
+    spied = [model.backbone, model._folded_backbone()]
+    for which, net in zip(("reference", "folded"), spied):
+        net.forward = lambda images, which=which, forward=net.forward: calls.append((which, images)) or forward(images)
     old_masking, model.config.masking = model.config.masking, masking
     try:
         with torch.no_grad():
             model.predict_mask(q, s, m)
     finally:
-        model.backbone.forward = forward
+        for net in spied:
+            del net.forward
         model.config.masking = old_masking
     layouts = {}
-    for images in calls:
+    for which, images in calls:
         for name, ref in named.items():
             for row in images:
                 if row.shape == ref.shape[1:] and any(torch.equal(row, r) for r in ref):
-                    layouts[name] = "nchw" if images.is_contiguous() else "channels_last"
-    expected = {n: "nchw" if n == exact else "channels_last" for n in ("query", "support")}
+                    layouts[name] = (which, "nchw" if images.is_contiguous() else "channels_last")
+    reference, fast = ("reference", "nchw"), ("folded", "channels_last")
+    expected = {n: reference if n == exact else fast for n in ("query", "support")}
     if masking != "fm":
-        expected["im"] = "nchw" if exact == "im" else "channels_last"
+        expected["im"] = reference if exact == "im" else fast
     assert layouts == expected
+
+
+def test_folded_backbone_is_rebuilt_when_the_backbone_changes():
+    torch.manual_seed(1)
+    model = build_model("hsnet", "resnet50", "hm").eval()
+    folded = model._folded_backbone()
+    assert model._folded_backbone() is folded  # cached
+    assert "_folded_cache" not in str(list(model.state_dict()))
+    state = {k: v + 0.01 if k.endswith("running_mean") else v for k, v in model.backbone.state_dict().items()}
+    model.backbone.load_state_dict(state)
+    rebuilt = model._folded_backbone()
+    assert rebuilt is not folded
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.backbone(x)
+        got = rebuilt(x.contiguous(memory_format=torch.channels_last))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
 def test_hm_takes_bit_identical_fm_values_where_the_reference_selects_them(model):
@@ -138,3 +161,14 @@ def test_hm_takes_bit_identical_fm_values_where_the_reference_selects_them(model
         assert torch.equal(got[:, 0][chosen], fm[chosen])
         torch.testing.assert_close(got[:, 0][~chosen], i[~chosen], rtol=1e-4, atol=1e-4)
     assert selected > 1000  # the check above covered many FM values
+
+
+def test_foreground_equals_argmax_with_ties_and_nan():
+    nan = float("nan")
+    pairs = [(0.0, 1.0), (1.0, 0.0), (0.5, 0.5), (nan, 1.0), (1.0, nan), (nan, nan), (-1.0, -1.0 - 1e-7)]
+    logits = torch.tensor(pairs).t().reshape(1, 2, 1, len(pairs))
+    assert foreground(logits).tolist() == [[[1, 0, 0, 0, 1, 0, 0]]]
+    random = torch.randn(3, 2, 17, 9)
+    random[0, :, 0, 0] = 0.25  # a tie
+    assert torch.equal(foreground(random), random.argmax(dim=1))
+    assert torch.equal(foreground(logits), logits.argmax(dim=1))

@@ -13,10 +13,11 @@ heads are not built; their keys are ignored when loading.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +58,37 @@ class Backbone(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> tapped maps, shallow to deep; computed without gradients.
 
-        The layout stays NCHW: channels-last convolutions are faster on CPU but round
-        differently, and HM's where(FM > 0, ...) turns such rounding at FM ~ 0 into
-        differences above the 1e-4 parity tolerance with the original code.
+        Maps come out in the memory layout of ``images`` (NCHW or channels-last). The two
+        layouts round differently; which images may use the faster channels-last layout is
+        decided by the model (see ``FewShotSegmenter._extract``).
         """
         with torch.no_grad():
             return self.extract(images)
+
+    def conv_bn_pairs(self) -> Iterator[tuple[nn.Module, str, str]]:
+        """(parent, conv name, BatchNorm name) for every BatchNorm applied straight to a conv."""
+        return iter(())
+
+    def folded(self) -> "Backbone":
+        """Inference copy with every BatchNorm folded into its conv and channels-last weights.
+
+        Same maps up to float rounding (~1e-6 relative): W' = W * g / sqrt(v + eps),
+        b' = (b - m) * g / sqrt(v + eps) + beta. It spares a memory pass per BatchNorm and a
+        weight re-layout per conv in channels-last passes (about 15 % of a CPU pass). The
+        original is left untouched.
+        """
+        copied = copy.deepcopy(self)
+        with torch.no_grad():
+            for parent, conv_name, bn_name in list(copied.conv_bn_pairs()):
+                conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+                scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+                setattr(parent, bn_name, nn.Identity())
+        for param in copied.parameters():
+            param.requires_grad_(False)
+        return copied.to(memory_format=torch.channels_last)
 
     def load_weights(self, path: str | Path) -> None:
         """Load an ImageNet weight file with this backbone's parameter names."""
@@ -109,7 +135,24 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return out + identity
+        return out.add_(identity)  # in place: spares a fresh activation (same values)
+
+
+def max_pool_3x3_s2(x: Tensor) -> Tensor:
+    """``F.max_pool2d(x, 3, stride=2, padding=1)``, (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)).
+
+    A maximum involves no rounding, so the result is the same however it is computed: NCHW
+    inputs go as a separable max (rows, then columns) of strided views, about 6x faster on
+    the CPU than PyTorch's NCHW kernel, which also computes the unused argmax indices.
+    """
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.max_pool2d(x, 3, 2, 1)  # PyTorch's channels-last kernel is fast
+    out_h, out_w = (x.shape[-2] - 1) // 2 + 1, (x.shape[-1] - 1) // 2 + 1
+    padded = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = [padded[..., dy:dy + 2 * out_h - 1:2, :] for dy in range(3)]
+    rows = torch.maximum(torch.maximum(rows[0], rows[1]), rows[2])
+    cols = [rows[..., dx:dx + 2 * out_w - 1:2] for dx in range(3)]
+    return torch.maximum(torch.maximum(cols[0], cols[1]), cols[2])
 
 
 class ResNetBackbone(Backbone):
@@ -122,7 +165,6 @@ class ResNetBackbone(Backbone):
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         inplanes = 64
         for index, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
             stride = 1 if index == 0 else 2
@@ -140,17 +182,27 @@ class ResNetBackbone(Backbone):
         )
         self.eval()
 
+    def conv_bn_pairs(self) -> Iterator[tuple[nn.Module, str, str]]:
+        yield self, "conv1", "bn1"
+        for stage in (1, 2, 3, 4):
+            for block in getattr(self, f"layer{stage}"):
+                for index in (1, 2, 3):
+                    yield block, f"conv{index}", f"bn{index}"
+                if block.downsample is not None:
+                    yield block.downsample, "0", "1"
+
     def extract(self, images: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        x = max_pool_3x3_s2(self.relu(self.bn1(self.conv1(images))))
         feats: list[Tensor] = []
         for stage in (1, 2, 3, 4):
             layer = getattr(self, f"layer{stage}")
             for index, block in enumerate(layer):
                 x = block(x)
-                tapped = stage >= 2 or (self.extra_shallow and index == len(layer) - 1)
-                if tapped:
+                if stage >= 2 or (self.extra_shallow and index == len(layer) - 1):
                     feats.append(x)
-                x = F.relu(x)  # not in place: the tapped pre-ReLU map stays intact
+                    x = F.relu(x)  # not in place: the tapped pre-ReLU map stays intact
+                else:
+                    x = F.relu_(x)
         return feats
 
 
@@ -279,6 +331,14 @@ class EfficientNetLite0Backbone(Backbone):
         self.register_buffer("_in_scale", std / 0.5, persistent=False)
         self.register_buffer("_in_shift", (mean - 0.5) / 0.5, persistent=False)
         self.eval()
+
+    def conv_bn_pairs(self) -> Iterator[tuple[nn.Module, str, str]]:
+        yield self, "_conv_stem", "_bn0"
+        for block in self._blocks:
+            if block.expand != 1:
+                yield block, "_expand_conv", "_bn0"
+            yield block, "_depthwise_conv", "_bn1"
+            yield block, "_project_conv", "_bn2"
 
     def extract(self, images: Tensor) -> list[Tensor]:
         x = images * self._in_scale + self._in_shift

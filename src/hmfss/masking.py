@@ -30,9 +30,17 @@ def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(mask.unsqueeze(1).float(), size, mode="bilinear", align_corners=True)
 
 
-def feature_mask(feat: Tensor, mask: Tensor) -> Tensor:
-    """FM: (B, C, h, w) features times the mask resized to (h, w)."""
-    return feat * resize_mask(mask, tuple(feat.shape[-2:])).to(feat.dtype)
+def feature_mask(feat: Tensor, mask: Tensor, like: Tensor | None = None) -> Tensor:
+    """FM: (B, C, h, w) features times the mask resized to (h, w).
+
+    ``like``: a tensor of the same shape whose memory layout the result takes (the rule's
+    other operand), so that the ``where`` that follows reads both operands alike (a
+    channels-last / NCHW mix costs it ~3x).
+    """
+    resized = resize_mask(mask, tuple(feat.shape[-2:])).to(feat.dtype)
+    if like is None or torch.is_grad_enabled() and feat.requires_grad:
+        return feat * resized
+    return torch.mul(feat, resized, out=torch.empty_like(like, dtype=feat.dtype))
 
 
 def input_mask(images: Tensor, mask: Tensor) -> Tensor:
@@ -54,16 +62,16 @@ def _im(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
 
 
 def _hm(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
-    fm = feature_mask(feat, mask)
+    fm = feature_mask(feat, mask, like=im)
     return torch.where(fm > 0, fm, im)
 
 
 def _hm_add(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
-    return feature_mask(feat, mask) + im
+    return feature_mask(feat, mask, like=im) + im
 
 
 def _hm_reverse(feat: Tensor, im: Tensor | None, mask: Tensor) -> Tensor:
-    return torch.where(im > 0, im, feature_mask(feat, mask))
+    return torch.where(im > 0, im, feature_mask(feat, mask, like=im))
 
 
 STRATEGIES: dict[str, Callable[[Tensor, Tensor | None, Tensor], Tensor]] = {

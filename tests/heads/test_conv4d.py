@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmfss.heads.conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims
+from hmfss.heads.conv4d import CenterPivotConv4d, group_norm_cl, plane_conv_matrix, resize_query_dims
 
 
 def dense_conv4d(x, weight, bias, stride):
@@ -23,7 +23,9 @@ def dense_conv4d(x, weight, bias, stride):
 
 @pytest.mark.parametrize(
     "k,s,shape",
-    [(3, 1, (5, 4, 6, 5)), (3, 2, (4, 5, 7, 6)), (5, 4, (3, 5, 9, 7)), (5, 2, (4, 3, 5, 8)), (1, 1, (3, 3, 3, 3))],
+    [(3, 1, (5, 4, 6, 5)), (3, 2, (4, 5, 7, 6)), (5, 4, (3, 5, 9, 7)), (5, 2, (4, 3, 5, 8)), (1, 1, (3, 3, 3, 3)),
+     # support planes no larger than the kernel: the dense-matrix path
+     (3, 1, (5, 4, 2, 2)), (3, 2, (4, 5, 3, 2)), (5, 4, (3, 3, 4, 5)), (3, 1, (3, 3, 1, 3))],
 )
 def test_center_pivot_equals_dense_4d_conv_with_two_centre_planes(k, s, shape):
     torch.manual_seed(k * 10 + s)
@@ -97,3 +99,17 @@ def test_group_norm_cl_gradients_match_group_norm():
     want = torch.autograd.grad((ref * weights).sum(), [x, norm.weight, norm.bias])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("k,s,size", [(3, 1, (2, 2)), (3, 2, (3, 2)), (5, 4, (4, 5)), (3, 1, (4, 4))])
+def test_plane_conv_matrix_equals_conv2d_with_gradients(k, s, size):
+    torch.manual_seed(k + s)
+    conv = torch.nn.Conv2d(3, 4, k, stride=s, padding=k // 2, bias=False).double()
+    planes = torch.randn(6, 3, *size, dtype=torch.double)
+    expected = conv(planes)
+    dense = plane_conv_matrix(conv, *size)
+    got = (planes.permute(0, 2, 3, 1).reshape(6, -1) @ dense).view(6, *expected.shape[-2:], 4).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, expected)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), conv.weight)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), conv.weight)
+    torch.testing.assert_close(grad_got, grad_expected)

@@ -32,6 +32,44 @@ def _conv_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1)
 
 
+def _conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+
+
+def plane_conv_matrix(conv: nn.Conv2d, height: int, width: int) -> Tensor:
+    """``conv``'s weights (no groups, no dilation) acting on one (height, width) plane, as a
+    dense (height*width*Cin, height'*width'*Cout) matrix with rows and columns ordered
+    (y, x, channel): a flattened channels-last plane times it is the conv's output plane
+    without bias. Built by gathering kernel taps, so gradients reach ``conv.weight``.
+    """
+    out_h, out_w = _conv_output_size(conv, height, width)
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    ty = torch.arange(height)[:, None] - torch.arange(out_h)[None, :] * sh + ph  # tap row of (y, y')
+    tx = torch.arange(width)[:, None] - torch.arange(out_w)[None, :] * sw + pw
+    valid = ((ty >= 0) & (ty < kh))[:, None, :, None] & ((tx >= 0) & (tx < kw))[None, :, None, :]
+    taps = conv.weight.permute(2, 3, 1, 0)  # (kh, kw, Cin, Cout)
+    dense = taps[ty.clamp(0, kh - 1)[:, None, :, None], tx.clamp(0, kw - 1)[None, :, None, :]]
+    dense = dense * valid.to(dense.device, dense.dtype)[..., None, None]  # (y, x, y', x', Cin, Cout)
+    return dense.permute(0, 1, 4, 2, 3, 5).reshape(height * width * conv.in_channels, -1)
+
+
+def _conv_support_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
+    """:func:`_conv_planes` for the support-plane conv. Planes with no more positions than
+    the kernel has taps (the 2x2 support grids of HSNet's fusion blocks) go as one matmul
+    by :func:`plane_conv_matrix`, which skips the products with padding that a direct 3x3
+    conv computes (measured ~30 % faster there)."""
+    m, h, w, c = planes.shape
+    kh, kw = conv.kernel_size
+    if h * w > kh * kw:
+        return _conv_planes(conv, planes)
+    dense = plane_conv_matrix(conv, h, w).to(planes.dtype)
+    out = planes.reshape(m, h * w * c) @ dense
+    out_h, out_w = _conv_output_size(conv, h, w)
+    out = out.view(m, out_h, out_w, conv.out_channels)
+    return out if conv.bias is None else out.add_(conv.bias.to(out.dtype))
+
+
 def resize_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinearly (align_corners=True) resize the query dims of (N, C, Hq, Wq, Hs, Ws)."""
     return from_channels_last(resize_query_dims_cl(to_channels_last(x), size))
@@ -104,7 +142,7 @@ class CenterPivotConv4d(nn.Module):
         """(N, Hq, Wq, Hs, Ws, Cin) contiguous -> (N, Hq, Wq, Hs', Ws', Cout) contiguous."""
         n, hq, wq, hs, ws, c = x.shape
         s = self.stride
-        support = _conv_planes(self.conv2, x.view(n * hq * wq, hs, ws, c))
+        support = _conv_support_planes(self.conv2, x.view(n * hq * wq, hs, ws, c))
         hs2, ws2, cout = support.shape[1:]
         sub = x[:, :, :, ::s, ::s] if s > 1 else x
         sub = sub.permute(0, 3, 4, 1, 2, 5).reshape(n * hs2 * ws2, hq, wq, c)
@@ -123,7 +161,6 @@ class CenterPivotConv4d(nn.Module):
         sub = sub.permute(0, 4, 5, 1, 2, 3).reshape(n * hs2 * ws2, hq, wq, c)  # small gather
         query = _conv_planes(self.conv1, sub).view(n, hs2, ws2, hq, wq, cout)
         support = support.view(n, hq, wq, cout, hs2, ws2).permute(0, 1, 2, 4, 5, 3)
-        query = query.permute(0, 3, 4, 1, 2, 5)
-        if torch.is_grad_enabled() and (support.requires_grad or query.requires_grad):
-            return (support + query).contiguous()  # out= does not record gradients
-        return torch.add(support, query, out=x.new_empty(n, hq, wq, hs2, ws2, cout))
+        # one transposing copy, then an add with a single strided operand: about 2x faster
+        # than one add whose two operands are both strided differently from its output
+        return support.contiguous().add_(query.permute(0, 3, 4, 1, 2, 5))
