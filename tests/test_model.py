@@ -172,3 +172,40 @@ def test_foreground_equals_argmax_with_ties_and_nan():
     random[0, :, 0, 0] = 0.25  # a tie
     assert torch.equal(foreground(random), random.argmax(dim=1))
     assert torch.equal(foreground(logits), logits.argmax(dim=1))
+
+
+@pytest.mark.parametrize("masking", ["hm", "fm"])
+def test_fast_cpu_path_equals_the_plain_modules_composed_step_by_step(masking):
+    """The inference path (BatchNorm-folded channels-last passes, query-major correlation,
+    channels-last 4D layers, dense small-plane convs) against the same modules run plainly:
+    NCHW backbone passes, masking, plain correlation, each head block as an nn.Sequential."""
+    from hmfss.correlation import hypercorrelation
+    from hmfss.heads.conv4d import resize_query_dims
+    from hmfss.heads.hsnet import decode
+    from hmfss.masking import input_mask, mask_support_features
+
+    torch.manual_seed(7)
+    model = build_model("hsnet", "resnet50", masking).eval()
+    for norm in model.backbone.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):  # non-trivial statistics, as in trained weights
+            norm.running_mean.normal_(0, 0.1)
+            norm.running_var.uniform_(0.5, 1.5)
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.normal_(0, 0.1)
+    q, s, m = make_episode(batch=1, shots=1, size=96, seed=8)
+    h = model.head
+    with torch.no_grad():
+        got = model(q, s[:, 0], m[:, 0])
+        feats, im = model.backbone(s[:, 0]), model.backbone(input_mask(s[:, 0], m[:, 0]))
+        masked = mask_support_features(masking, feats, im, m[:, 0])
+        corr = hypercorrelation(model.backbone(q), masked, model.levels)
+        sqz4, sqz3, sqz2 = h.encoder_layer4(corr[0]), h.encoder_layer3(corr[1]), h.encoder_layer2(corr[2])
+        mix43 = h.encoder_layer4to3(resize_query_dims(sqz4, sqz3.shape[2:4]) + sqz3)
+        mix432 = h.encoder_layer3to2(resize_query_dims(mix43, sqz2.shape[2:4]) + sqz2)
+        lowres = decode(h.decoder1, h.decoder2, mix432.mean(dim=(-2, -1)))
+        expected = torch.nn.functional.interpolate(lowres, (96, 96), mode="bilinear", align_corners=True)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+    margin = (expected[:, 1] - expected[:, 0]).abs()
+    differ = foreground(got) != foreground(expected)
+    assert not differ[margin > 1e-3 * scale].any()  # masks agree wherever the logits are not tied
