@@ -57,3 +57,15 @@ def test_input_masking_zeroes_normalised_pixels():
     mask[:, :2] = 1
     out = input_mask(img, mask)
     assert torch.equal(out[:, :, :2], img[:, :, :2]) and out[:, :, 2:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["none", "fm", "im", "hm", "hm-add", "hm-reverse"])
+def test_overwriting_the_input_masked_maps_gives_the_same_results(name):
+    expected = mask_support_features(name, [F], [IM], MASK)[0]
+    scratch = IM.clone()
+    with torch.no_grad():
+        out = mask_support_features(name, [F], [scratch], MASK, overwrite_im=True)[0]
+    assert torch.equal(out, expected)
+    if name.startswith("hm"):  # the hybrid results land in the scratch maps
+        assert out.data_ptr() == scratch.data_ptr()
+    assert torch.equal(mask_support_features(name, [F], [IM], MASK)[0], expected)  # default: IM untouched

@@ -56,8 +56,12 @@ class Head(nn.Module):
     def support_features(
         self, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor, masking: str
     ) -> list[Tensor]:
-        """Mask the support's tapped maps with strategy ``masking``; mask (B, H, W)."""
-        return mask_support_features(masking, feats, im_feats, mask)
+        """Mask the support's tapped maps with strategy ``masking``; mask (B, H, W).
+
+        ``im_feats`` are the model's scratch maps (nothing reads them afterwards), so the
+        results may be written into them.
+        """
+        return mask_support_features(masking, feats, im_feats, mask, overwrite_im=True)
 
     def forward(self, corr: list[Tensor], **context) -> Tensor:
         """[level4, level3, level2] (N, L, Hq, Wq, Hs, Ws) -> low-res logits (N, 2, h, w).
