@@ -63,20 +63,20 @@ def _im(feat: Tensor, im: Tensor | None, mask: Tensor, out: Tensor | None = None
 
 def _hm(feat: Tensor, im: Tensor | None, mask: Tensor, out: Tensor | None = None) -> Tensor:
     fm = feature_mask(feat, mask, like=im)
-    return torch.where(fm > 0, fm, im, out=out) if out is not None else torch.where(fm > 0, fm, im)
+    return torch.where(fm > 0, fm, im, out=out)
 
 
 def _hm_add(feat: Tensor, im: Tensor | None, mask: Tensor, out: Tensor | None = None) -> Tensor:
     fm = feature_mask(feat, mask, like=im)
-    return torch.add(fm, im, out=out) if out is not None else fm + im
+    return torch.add(fm, im, out=out)
 
 
 def _hm_reverse(feat: Tensor, im: Tensor | None, mask: Tensor, out: Tensor | None = None) -> Tensor:
     fm = feature_mask(feat, mask, like=im)
-    return torch.where(im > 0, im, fm, out=out) if out is not None else torch.where(im > 0, im, fm)
+    return torch.where(im > 0, im, fm, out=out)
 
 
-# (feats, im_feats, mask, out) -> masked maps; ``out``, when given, receives the result
+# (feats, im_feats, mask, out) -> masked maps; ``out`` (None: a new tensor) receives the result
 STRATEGIES: dict[str, Callable[[Tensor, Tensor | None, Tensor, Tensor | None], Tensor]] = {
     "none": _none,
     "fm": _fm,
