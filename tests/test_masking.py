@@ -7,6 +7,7 @@ from hmfss.masking import (
     feature_mask,
     input_mask,
     mask_support_features,
+    mask_window,
     needs_input_masking,
     resize_mask,
 )
@@ -69,3 +70,43 @@ def test_overwriting_the_input_masked_maps_gives_the_same_results(name):
     if name.startswith("hm"):  # the hybrid results land in the scratch maps
         assert out.data_ptr() == scratch.data_ptr()
     assert torch.equal(mask_support_features(name, [F], [IM], MASK)[0], expected)  # default: IM untouched
+
+
+def test_mask_window_is_the_smallest_box_over_the_batch():
+    resized = torch.zeros(2, 1, 6, 7)
+    resized[0, 0, 1, 2] = 0.25
+    resized[1, 0, 3, 5] = 1.0
+    assert mask_window(resized) == (slice(1, 4), slice(2, 6))
+    assert mask_window(torch.zeros(1, 1, 4, 4)) is None
+
+
+def _plain_hm(feat, im, mask):
+    fm = feat * torch.nn.functional.interpolate(mask.unsqueeze(1), feat.shape[-2:], mode="bilinear", align_corners=True)
+    return torch.where(fm > 0, fm, im)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_hm_inside_the_mask_window_equals_the_rule_on_the_whole_map(overwrite):
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.zeros(2, 40, 40)
+    mask[0, 5:12, 20:31] = 1  # two objects of different size and place
+    mask[1, 22:25, 3:6] = 1
+    feats = [torch.randn(2, 8, s, s, generator=gen) for s in (20, 20, 10, 5)]
+    ims = [torch.randn(2, 8, s, s, generator=gen).contiguous(memory_format=torch.channels_last) for s in (20, 20, 10, 5)]
+    feats[0][:, :, 0, 0] = float("inf")  # outside the window: FM = inf * 0 = NaN, never > 0
+    feats[1][:, :, -1, -1] = float("nan")
+    expected = [_plain_hm(f, i, mask) for f, i in zip(feats, ims)]
+    originals = [i.clone() for i in ims]
+    scratch = [i.clone() for i in ims]
+    with torch.no_grad():
+        out = mask_support_features("hm", feats, scratch if overwrite else ims, mask, overwrite_im=overwrite)
+    for o, e in zip(out, expected):
+        assert torch.equal(o, e)
+    assert torch.equal(out[0][:, :, 0, 0], ims[0][:, :, 0, 0])  # IM kept outside the window
+    assert all(torch.equal(a, b) for a, b in zip(ims, originals))  # the model's IM maps: untouched
+
+
+def test_hm_with_an_empty_mask_is_input_masking():
+    feats, ims = [torch.randn(1, 4, 5, 5)], [torch.randn(1, 4, 5, 5)]
+    out = mask_support_features("hm", feats, ims, torch.zeros(1, 10, 10))[0]
+    assert torch.equal(out, ims[0]) and out.data_ptr() != ims[0].data_ptr()
