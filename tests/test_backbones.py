@@ -1,8 +1,11 @@
+import copy
+import pickle
 import re
 
 import pytest
 import torch
 
+from hmfss import backbones
 from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path, max_pool_3x3_s2
 from hmfss.errors import HmfssError
 
@@ -148,3 +151,44 @@ def test_max_pool_equals_pytorch_bit_for_bit(size, channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(max_pool_3x3_s2(x), torch.nn.functional.max_pool2d(x, 3, 2, 1))
+
+
+@pytest.mark.skipif(not backbones.PACKED_CONVS, reason="this PyTorch has no oneDNN conv ops")
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet-lite0", "vgg16"])
+def test_packed_convs_give_the_maps_of_plain_convs_and_depend_on_the_input_alone(name, monkeypatch):
+    torch.manual_seed(4)
+    folded = build_backbone(name).folded()
+    packed = [m for m in folded.modules() if isinstance(m, backbones.PackedConv2d)]
+    plain_convs = [m for m in folded.modules() if type(m) is torch.nn.Conv2d]
+    assert packed and not plain_convs  # every plain conv is packed (Lite0's depthwise "same" convs are not plain)
+    images = torch.randn(1, 3, 72, 72).contiguous(memory_format=torch.channels_last)
+
+    def maps(module):
+        with torch.no_grad():
+            return module(images)
+
+    def plain(module):
+        with monkeypatch.context() as m:
+            m.setattr(backbones, "PACKED_CONVS", False)
+            return maps(module)
+
+    def assert_close(got, expected):  # oneDNN may pick another kernel: same values up to rounding
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+
+    got = maps(folded)
+    assert all(p._packed is not None for p in packed)
+    assert_close(got, plain(folded))
+    other = torch.randn(1, 3, 40, 56).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        folded(other)  # another shape packs again; back at the first, the same bits as before
+    assert all(torch.equal(a, b) for a, b in zip(maps(folded), got))
+    copied = copy.deepcopy(folded)  # packed weights are not copied; the copy packs its own
+    assert all(p._packed is None for p in copied.modules() if isinstance(p, backbones.PackedConv2d))
+    assert all(torch.equal(a, b) for a, b in zip(maps(copied), got))
+    pickle.dumps(folded)
+    with torch.no_grad():  # weights changed in place: packed again
+        packed[0].weight.mul_(1.5)
+    changed = maps(folded)
+    assert not torch.equal(changed[-1], got[-1])
+    assert_close(changed, plain(folded))

@@ -88,7 +88,12 @@ class Backbone(nn.Module):
                 setattr(parent, bn_name, nn.Identity())
         for param in copied.parameters():
             param.requires_grad_(False)
-        return copied.to(memory_format=torch.channels_last)
+        copied = copied.to(memory_format=torch.channels_last)
+        for parent in list(copied.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Conv2d and isinstance(child.padding, tuple):
+                    setattr(parent, name, PackedConv2d(child))
+        return copied
 
     def load_weights(self, path: str | Path) -> None:
         """Load an ImageNet weight file with this backbone's parameter names."""
@@ -108,6 +113,57 @@ class Backbone(nn.Module):
         from .engine.checkpoint import load_state
 
         load_state(self, state, path, kind="backbone weights")
+
+
+def _has_packed_convs() -> bool:
+    try:  # oneDNN's own conv ops (the ones TorchInductor uses for frozen CPU convs)
+        return (torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+                and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+PACKED_CONVS = _has_packed_convs()
+
+
+class PackedConv2d(nn.Module):
+    """Inference conv that keeps its weights in oneDNN's own layout for channels-last CPU passes.
+
+    ``F.conv2d`` reorders the weights into that layout at every call (about 10 % of a folded
+    ResNet-50 pass at 400 px); here they are reordered once for an input shape, and again only
+    when the shape or the weights change, so a result depends on the input alone. oneDNN may
+    pick another kernel than ``F.conv2d`` for some shapes (same values up to float rounding;
+    at 400 px ResNet-50's maps are the same bits). Inputs it is not for (another device or
+    dtype, NCHW, autocast, autograd) go through ``F.conv2d``. Packed weights are never copied
+    or pickled: a copy packs its own.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self._packed: tuple[tuple, Tensor] | None = None  # ((weight version, input shape), packed weight)
+
+    def _packable(self, x: Tensor) -> bool:
+        return (PACKED_CONVS and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+                and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.is_autocast_enabled("cpu")
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._packable(x):
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        version = None if self.weight.is_inference() else self.weight._version  # inference tensors have none
+        key = (self.weight.data_ptr(), version, tuple(x.shape))
+        if self._packed is None or self._packed[0] != key:
+            weight = self.weight.detach().contiguous(memory_format=torch.channels_last)
+            self._packed = key, torch.ops.mkldnn._reorder_convolution_weight(weight, *args, list(x.shape))
+        return torch.ops.mkldnn._convolution_pointwise(x, self._packed[1], self.bias, *args, "none", [], "")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_packed": None}  # oneDNN's opaque tensors cannot be copied
 
 
 # --------------------------------------------------------------------------------------------

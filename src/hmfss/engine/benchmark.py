@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..backbones import PACKED_CONVS
 from ..model import FewShotSegmenter, build_model, learnable_parameters, vote
 
 
@@ -72,10 +73,25 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> flo
     return 2 * n**3 / min(times) / 1e9
 
 
+def _count_packed_convs() -> None:
+    """Give torch's FLOP counter the conv formula for oneDNN's packed conv op (used by the CPU
+    folded backbone, see backbones.PackedConv2d), which it does not know."""
+    from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
+
+    op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if PACKED_CONVS else None
+    if op is None or op in flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _packed_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape)
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call (torch.utils.flop_counter: 2 per multiply-add; conv/matmul)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _count_packed_convs()
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
