@@ -157,10 +157,11 @@ class PackedConv2d(nn.Module):
         args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         version = None if self.weight.is_inference() else self.weight._version  # inference tensors have none
         key = (self.weight.data_ptr(), version, tuple(x.shape))
-        if self._packed is None or self._packed[0] != key:
+        packed = self._packed  # read once: another thread may pack for another shape meanwhile
+        if packed is None or packed[0] != key:
             weight = self.weight.detach().contiguous(memory_format=torch.channels_last)
-            self._packed = key, torch.ops.mkldnn._reorder_convolution_weight(weight, *args, list(x.shape))
-        return torch.ops.mkldnn._convolution_pointwise(x, self._packed[1], self.bias, *args, "none", [], "")
+            packed = self._packed = key, torch.ops.mkldnn._reorder_convolution_weight(weight, *args, list(x.shape))
+        return torch.ops.mkldnn._convolution_pointwise(x, packed[1], self.bias, *args, "none", [], "")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_packed": None}  # oneDNN's opaque tensors cannot be copied
