@@ -110,3 +110,15 @@ def test_hm_with_an_empty_mask_is_input_masking():
     feats, ims = [torch.randn(1, 4, 5, 5)], [torch.randn(1, 4, 5, 5)]
     out = mask_support_features("hm", feats, ims, torch.zeros(1, 10, 10))[0]
     assert torch.equal(out, ims[0]) and out.data_ptr() != ims[0].data_ptr()
+
+
+def test_hm_stays_differentiable_for_features_that_require_grad():
+    feat = torch.randn(1, 3, 6, 6, requires_grad=True)
+    im = torch.randn(1, 3, 6, 6)
+    mask = torch.zeros(1, 6, 6)
+    mask[0, 1:3, 2:5] = 1
+    out = mask_support_features("hm", [feat], [im], mask)[0]
+    assert torch.equal(out, _plain_hm(feat, im, mask))
+    out.sum().backward()
+    assert torch.equal(feat.grad[0, :, 0], torch.zeros(3, 6))  # outside the mask: IM, no gradient
+    assert torch.equal(feat.grad[0][:, 1:3, 2:5], (feat[0, :, 1:3, 2:5] > 0).float())

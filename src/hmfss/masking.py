@@ -90,6 +90,9 @@ def _hm(feat: Tensor, im: Tensor | None, resized: Tensor, out: Tensor | None = N
     never > 0, so IM is taken as it is: the rule runs only inside the mask's window, which on
     the CPU spares most of a pass over the maps when the object is small."""
     assert im is not None
+    if torch.is_grad_enabled() and (feat.requires_grad or im.requires_grad):  # differentiable, whole maps
+        fm = _times_mask(feat, resized)
+        return torch.where(fm > 0, fm, im)
     if out is None:
         out = im.clone()
     elif out is not im:
