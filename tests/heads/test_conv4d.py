@@ -99,6 +99,13 @@ def test_group_norm_cl_gradients_match_group_norm():
     want = torch.autograd.grad((ref * weights).sum(), [x, norm.weight, norm.bias])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+    with torch.no_grad():  # the branch without autograd (in place)
+        torch.testing.assert_close(group_norm_cl(x, norm), ref)
+    frozen = torch.randn(2, 3, 4, 5, 2, 8, dtype=torch.double)  # grads for the norm's parameters only
+    got = torch.autograd.grad((group_norm_cl(frozen, norm) * weights).sum(), [norm.weight, norm.bias])
+    want = torch.autograd.grad((norm(frozen.movedim(-1, 1)).movedim(1, -1) * weights).sum(), [norm.weight, norm.bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize("k,s,size", [(3, 1, (2, 2)), (3, 2, (3, 2)), (5, 4, (4, 5)), (3, 1, (4, 4))])

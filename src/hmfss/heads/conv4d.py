@@ -109,15 +109,18 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     count = positions * (c // g)
     mean = stats.sum(2).sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
     centred = stats - mean.expand(n, g, c // g).reshape(n, 1, 1, c)
-    if torch.is_grad_enabled() and centred.requires_grad:
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
+    if grad:
         squares = centred.square().sum(2)
     else:  # no temporary of squares (a norm's gradient is undefined at 0, hence the branch)
         squares = torch.linalg.vector_norm(centred, dim=2).square()
     var = squares.sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count
-    scale = torch.rsqrt(var + norm.eps) * norm.weight.view(g, c // g)
-    shift = norm.bias.view(g, c // g) - mean * scale
-    out = torch.addcmul(shift.view(n, 1, 1, c).to(x.dtype), v, scale.view(n, 1, 1, c).to(x.dtype))
-    return out.view(x.shape)
+    scale = (torch.rsqrt(var + norm.eps) * norm.weight.view(g, c // g)).view(n, 1, 1, c)
+    bias = norm.bias.view(1, 1, 1, c)
+    # (x - mean) * scale + bias; without autograd written into the centred temporary (no fresh
+    # output: about 2x faster on HSNet's 16-channel 4D maps)
+    out = centred * scale + bias if grad else centred.mul_(scale).add_(bias)
+    return out.to(x.dtype).view(x.shape)
 
 
 class CenterPivotConv4d(nn.Module):
