@@ -143,6 +143,7 @@ class PackedConv2d(nn.Module):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self._args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)  # the oneDNN ops' form
         self._packed: tuple[tuple, Tensor] | None = None  # ((weight version, input shape), packed weight)
 
     def _packable(self, x: Tensor) -> bool:
@@ -154,14 +155,13 @@ class PackedConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self._packable(x):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         version = None if self.weight.is_inference() else self.weight._version  # inference tensors have none
         key = (self.weight.data_ptr(), version, tuple(x.shape))
         packed = self._packed  # read once: another thread may pack for another shape meanwhile
         if packed is None or packed[0] != key:
             weight = self.weight.detach().contiguous(memory_format=torch.channels_last)
-            packed = self._packed = key, torch.ops.mkldnn._reorder_convolution_weight(weight, *args, list(x.shape))
-        return torch.ops.mkldnn._convolution_pointwise(x, packed[1], self.bias, *args, "none", [], "")
+            packed = self._packed = key, torch.ops.mkldnn._reorder_convolution_weight(weight, *self._args, list(x.shape))
+        return torch.ops.mkldnn._convolution_pointwise(x, packed[1], self.bias, *self._args, "none", [], "")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_packed": None}  # oneDNN's opaque tensors cannot be copied

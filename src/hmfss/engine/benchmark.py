@@ -78,9 +78,9 @@ def _count_packed_convs() -> None:
     folded backbone, see backbones.PackedConv2d), which it does not know."""
     from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
-    op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if PACKED_CONVS else None
-    if op is None or op in flop_registry:
+    if not PACKED_CONVS or torch.ops.mkldnn._convolution_pointwise in flop_registry:
         return
+    op = torch.ops.mkldnn._convolution_pointwise
 
     @register_flop_formula(op)
     def _packed_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
