@@ -97,11 +97,13 @@ def test_training_updates_only_the_head():
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("masking,exact", [("hm", "support"), ("hm-reverse", "im"), ("fm", None)])
-def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact):
+@pytest.mark.parametrize("masking,exact,exact_selection", [
+    ("hm", "support", True), ("hm-reverse", "im", True), ("fm", None, True), ("hm", None, False), ("hm-reverse", None, False),
+])
+def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact, exact_selection):
     """HSNet on the CPU: channels-last passes through the BatchNorm-folded copy, except the
     images whose feature signs choose between FM and IM, which keep the reference layout and
-    modules (so the choice is bit-identical)."""
+    modules (so the choice is bit-identical), unless ``exact_selection`` is off."""
     q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
     named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
     calls = []
@@ -109,6 +111,7 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
     for which, net in zip(("reference", "folded"), spied):
         net.forward = lambda images, which=which, forward=net.forward: calls.append((which, images)) or forward(images)
     old_masking, model.config.masking = model.config.masking, masking
+    model.exact_selection = exact_selection
     try:
         with torch.no_grad():
             model.predict_mask(q, s, m)
@@ -116,6 +119,7 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
         for net in spied:
             del net.forward
         model.config.masking = old_masking
+        model.exact_selection = True
     layouts = {}
     for which, images in calls:
         for name, ref in named.items():

@@ -58,6 +58,17 @@ def test_predict_writes_masks_at_original_size_for_files_and_folders(ckpt, files
     assert np.array_equal(np.array(Image.open(out / "b_mask.png")) // 255, expected.numpy())
 
 
+@pytest.mark.parametrize("flag,exact", [([], True), (["--fast-selection"], False)])
+def test_fast_selection_flag_reaches_the_model(ckpt, files, monkeypatch, flag, exact):
+    from hmfss.model import FewShotSegmenter
+
+    seen, extract = [], FewShotSegmenter._extract
+    monkeypatch.setattr(FewShotSegmenter, "_extract", lambda self, *a: seen.append(self.exact_selection) or extract(self, *a))
+    code = main(["predict", "--checkpoint", str(ckpt), "--support", str(files / "s1.jpg"), str(files / "s1.png"),
+                 "--query", str(files / "c.jpg"), "--out", str(files / "out"), *flag])
+    assert code == 0 and seen and set(seen) == {exact}
+
+
 def test_mask_formats_are_read_as_binary(files):
     assert read_mask(files / "s1.png").max() == 1
     assert read_mask(files / "s2_mask.png").sum() == _blob(30, 30, 1).sum()

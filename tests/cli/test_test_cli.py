@@ -45,7 +45,7 @@ def test_pascal_end_to_end(pascal, ckpt, tmp_path, capsys):
     assert res["episodes"] == res["evaluated"] == 3 and res["skipped"] == 0
     assert res["protocol"]["name"] == "hsnet" and res["protocol"]["seed"] == 0
     assert res["protocol"]["img_size"] == 32 and res["protocol"]["ignore_255"] is True
-    assert res["model"]["backbone"] == "efficientnet-lite0"
+    assert res["model"]["backbone"] == "efficientnet-lite0" and res["model"]["exact_selection"] is True
     assert [c["name"] for c in res["per_class"]] == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
     assert sum(c["episodes"] for c in res["per_class"]) == 3
     assert [b["bucket"] for b in res["buckets"]] == ["<1%", "1-5%", "5-15%", ">15%"]
@@ -70,12 +70,13 @@ def test_pascal_end_to_end(pascal, ckpt, tmp_path, capsys):
 def test_original_size_and_flags_override(pascal, ckpt, tmp_path):
     out = tmp_path / "res.json"
     rc = main(args(pascal, "pascal", ckpt, "--episodes", 3, "--use-original-imgsize", "--bsz", 2,
-                   "--img-size", 48, "--masking", "fm", "--protocol", "seeded", "--seed", 3, "--json", out))
+                   "--img-size", 48, "--masking", "fm", "--protocol", "seeded", "--seed", 3, "--fast-selection",
+                   "--json", out))
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["protocol"]["original_imgsize"] is True and res["protocol"]["img_size"] == 48
     assert res["protocol"]["name"] == "seeded" and res["protocol"]["seed"] == 3
-    assert res["model"]["masking"] == "fm" and res["evaluated"] == 3
+    assert res["model"]["masking"] == "fm" and res["evaluated"] == 3 and res["model"]["exact_selection"] is False
 
 
 @pytest.mark.parametrize("bench", ["coco", "fss", "folder"])

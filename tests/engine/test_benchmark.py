@@ -41,12 +41,28 @@ def test_bf16_path_runs_and_reports_agreement():
     assert 0.0 <= result["amp_mask_agreement"] <= 1.0
 
 
+def test_fast_selection_is_timed_and_compared_with_exact_selection(capsys):
+    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=64)
+    cfg = BenchmarkConfig(backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, naive=False,
+                          exact_selection=False)
+    result = run_benchmark(cfg, model)
+    assert model.exact_selection is False  # the timed runs keep the setting after the reference run
+    assert result["config"]["exact_selection"] is False and "amp_mask_agreement" not in result
+    assert 0.0 <= result["fast_selection_mask_agreement"] <= 1.0
+    from hmfss.engine.benchmark import format_table
+
+    assert "fast vs exact selection" in format_table(result)
+    assert "fast_selection_mask_agreement" not in run_benchmark(BenchmarkConfig(
+        backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, naive=False))
+
+
 def test_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["benchmark", "--backbone", "efficientnet-lite0", "--img-size", "64", "--repeats", "1",
-                 "--stream-queries", "1", "--no-naive", "--json", str(out)])
+                 "--stream-queries", "1", "--no-naive", "--fast-selection", "--json", str(out)])
     assert code == 0
     data = json.loads(out.read_text())
     assert data["config"]["img_size"] == 64 and "episodes_per_s" in data
+    assert data["config"]["exact_selection"] is False and "fast_selection_mask_agreement" in data
     assert "s / episode (median)" in capsys.readouterr().out
     assert main(["benchmark", "--nshot", "0"]) == 2

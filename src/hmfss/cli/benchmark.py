@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .predict import add_selection_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stream-queries", type=int, default=8, help="queries in the fixed-support stream")
     p.add_argument("--no-naive", action="store_true", help="skip timing the K-separate-forwards path")
+    add_selection_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--benchmark", dest="benchmark_name", default=None, help="VAT configuration (pascal/coco/fss)")
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, backbone=args.backbone, masking=args.masking, nshot=args.nshot,
         img_size=args.img_size, device=str(device), amp=args.amp, batch=args.batch,
         compile=args.compile, repeats=args.repeats, warmup=args.warmup,
-        stream_queries=args.stream_queries, naive=not args.no_naive, options=options,
+        stream_queries=args.stream_queries, naive=not args.no_naive,
+        exact_selection=not args.fast_selection, options=options,
     )
     result = run_benchmark(cfg)
     print(format_table(result))

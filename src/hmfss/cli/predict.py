@@ -33,6 +33,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="resnet50 | resnet101 | vgg16 | efficientnet-lite0 (default: the checkpoint's)")
     p.add_argument("--masking", default=None, help="none | fm | im | hm | hm-add | hm-reverse (default: the checkpoint's, else hm)")
     p.add_argument("--img-size", type=int, default=None, help="network input size (default: the checkpoint's, else the head's)")
+    add_selection_argument(p)
+
+
+def add_selection_argument(p: argparse.ArgumentParser) -> None:
+    """--fast-selection: FewShotSegmenter.exact_selection off (CPU speed over bit-exact HM)."""
+    p.add_argument("--fast-selection", action="store_true",
+                   help="CPU: run HM's support pass channels-last too (faster; a feature within rounding "
+                        "of 0 may pick the other value, so results can differ slightly from the original's)")
 
 
 def expand_queries(paths: list[str]) -> list[Path]:
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     queries = expand_queries(args.query)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.arch, args.backbone, args.masking, args.img_size, device=device)
+    model.exact_selection = not args.fast_selection
     size = model.config.img_size
     support_imgs, support_masks = load_support_set(args.support, size)
     out_dir = Path(args.out)

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     model = load_model(args.checkpoint, arch=args.arch, backbone=args.backbone, masking=args.masking,
                        img_size=args.img_size, device=device, benchmark=args.benchmark)
+    model.exact_selection = not args.fast_selection
     img_size = int(args.img_size or model.config.img_size)
 
     dataset = EpisodeDataset(reader, episodes, img_size, original_size=args.use_original_imgsize,
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             "metric": "mIoU = mean over classes of inter/max(union,1); FB-IoU = mean(bg, fg) of dataset-level IoU",
         },
         "checkpoint": str(args.checkpoint),
-        "model": model.config.to_dict(),
+        "model": {**model.config.to_dict(), "exact_selection": model.exact_selection},
         "per_class": outcome["classes"],
         "buckets": outcome["buckets"],
         "skipped_episodes": outcome["skipped_episodes"],

@@ -37,6 +37,7 @@ class BenchmarkConfig:
     warmup: int = 1
     stream_queries: int = 8
     naive: bool = True  # also time the straightforward K-forward path
+    exact_selection: bool = True  # see FewShotSegmenter; False: HM's support pass channels-last too
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -120,6 +121,7 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
     if model is None:
         model = build_model(cfg.arch, cfg.backbone, cfg.masking, img_size=cfg.img_size, **cfg.options)
     model = model.to(device).eval()
+    model.exact_selection = cfg.exact_selection
     query, supports, masks = random_episode(cfg, device)
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -166,10 +168,13 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
     st = _summary(_timings(stream, max(2, cfg.repeats // 2), 1, sync))
     result["stream"] = {"queries": cfg.stream_queries, **st}
     result["stream_queries_per_s"] = cfg.stream_queries / st["median_s"]
-    if cfg.amp:
+    if cfg.amp or not cfg.exact_selection:  # against fp32 with exact selection
+        model.exact_selection = True
         with torch.inference_mode():
-            exact = model.predict_mask(query, supports, masks)
-        result["amp_mask_agreement"] = float((episode() == exact).float().mean())
+            reference = model.predict_mask(query, supports, masks)
+        model.exact_selection = cfg.exact_selection
+        agreement = float((episode() == reference).float().mean())
+        result["amp_mask_agreement" if cfg.amp else "fast_selection_mask_agreement"] = agreement
     result["peak_memory_mb"] = (
         torch.cuda.max_memory_allocated(device) / 2**20
         if cuda
@@ -194,7 +199,8 @@ def format_table(result: dict[str, Any]) -> str:
     cfg = result["config"]
     rows = [
         ("model", f"{cfg['arch']}-{cfg['masking']} / {cfg['backbone']} @ {cfg['img_size']}, {cfg['nshot']}-shot, batch {cfg['batch']}"),
-        ("device", f"{result['device_name']}{' bf16 autocast' if cfg['amp'] else ' fp32'}"),
+        ("device", f"{result['device_name']}{' bf16 autocast' if cfg['amp'] else ' fp32'}"
+                   f"{'' if cfg['exact_selection'] else ', fast selection'}"),
         ("learnable parameters", f"{result['learnable_parameters']:,}"),
         ("GFLOPs / episode", f"{result['gflops_per_episode']:.1f}"),
         ("s / episode (median)", f"{result['episode']['median_s']:.4f}  (min {result['episode']['min_s']:.4f}, max {result['episode']['max_s']:.4f})"),
@@ -210,5 +216,7 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     if "amp_mask_agreement" in result:
         rows.append(("bf16 vs fp32 mask agreement", f"{100 * result['amp_mask_agreement']:.2f}% of pixels"))
+    if "fast_selection_mask_agreement" in result:
+        rows.append(("fast vs exact selection, masks", f"{100 * result['fast_selection_mask_agreement']:.2f}% of pixels"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
