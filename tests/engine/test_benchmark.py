@@ -41,14 +41,30 @@ def test_bf16_path_runs_and_reports_agreement():
     assert 0.0 <= result["amp_mask_agreement"] <= 1.0
 
 
-def test_fast_selection_is_timed_and_compared_with_exact_selection(capsys):
-    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=64)
+def test_fast_selection_is_timed_and_compared_with_exact_selection():
+    torch.manual_seed(0)
+    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=64).eval()
+    # a channels-last copy with other weights: the two selections then give visibly different masks
+    other = build_model("hsnet", "efficientnet-lite0", "hm").backbone.folded()
+    model._folded_backbone = lambda: other
     cfg = BenchmarkConfig(backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, naive=False,
                           exact_selection=False)
+    q, s, m = random_episode(cfg, torch.device("cpu"))
+    last = [mod for mod in model.head.modules() if isinstance(mod, torch.nn.Conv2d)][-1]
+    with torch.inference_mode():  # centre the random head's logit margin (else every pixel is foreground)
+        logits = model.lowres_logits(model.encode_query(q), model.encode_support(s, m))
+        last.bias[1] -= (logits[:, :, 1] - logits[:, :, 0]).median()
+    masks = {}
+    with torch.inference_mode():
+        for exact in (True, False):
+            model.exact_selection = exact
+            masks[exact] = model.predict_mask(q, s, m)
+    expected = float((masks[True] == masks[False]).float().mean())
+    assert expected < 0.99
     result = run_benchmark(cfg, model)
     assert model.exact_selection is False  # the timed runs keep the setting after the reference run
     assert result["config"]["exact_selection"] is False and "amp_mask_agreement" not in result
-    assert 0.0 <= result["fast_selection_mask_agreement"] <= 1.0
+    assert result["fast_selection_mask_agreement"] == expected
     from hmfss.engine.benchmark import format_table
 
     assert "fast vs exact selection" in format_table(result)
