@@ -35,25 +35,37 @@ def test_flop_count_scales_with_shots_like_the_pipeline():
     assert per_k[1] - per_k[0] == 2 * backbone + head
 
 
+def _centred_model(cfg: BenchmarkConfig):
+    """A random HSNet-HM whose logit margin is centred on ``cfg``'s episode (a random head
+    otherwise calls every pixel foreground, and every mask comparison would agree)."""
+    torch.manual_seed(0)
+    model = build_model("hsnet", cfg.backbone, "hm", img_size=cfg.img_size).eval()
+    q, s, m = random_episode(cfg, torch.device("cpu"))
+    last = [mod for mod in model.head.modules() if isinstance(mod, torch.nn.Conv2d)][-1]
+    with torch.inference_mode():
+        logits = model.lowres_logits(model.encode_query(q), model.encode_support(s, m))
+        last.bias[1] -= (logits[:, :, 1] - logits[:, :, 0]).median()
+    return model, (q, s, m)
+
+
 def test_bf16_path_runs_and_reports_agreement():
     cfg = BenchmarkConfig(backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, amp=True, naive=False)
-    result = run_benchmark(cfg)
-    assert 0.0 <= result["amp_mask_agreement"] <= 1.0
+    model, episode = _centred_model(cfg)
+    with torch.inference_mode():
+        fp32 = model.predict_mask(*episode)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.predict_mask(*episode)
+    result = run_benchmark(cfg, model)
+    assert result["amp_mask_agreement"] == float((fp32 == bf16).float().mean())
 
 
 def test_fast_selection_is_timed_and_compared_with_exact_selection():
-    torch.manual_seed(0)
-    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=64).eval()
+    cfg = BenchmarkConfig(backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, naive=False,
+                          exact_selection=False)
+    model, (q, s, m) = _centred_model(cfg)
     # a channels-last copy with other weights: the two selections then give visibly different masks
     other = build_model("hsnet", "efficientnet-lite0", "hm").backbone.folded()
     model._folded_backbone = lambda: other
-    cfg = BenchmarkConfig(backbone="efficientnet-lite0", img_size=64, repeats=1, stream_queries=1, naive=False,
-                          exact_selection=False)
-    q, s, m = random_episode(cfg, torch.device("cpu"))
-    last = [mod for mod in model.head.modules() if isinstance(mod, torch.nn.Conv2d)][-1]
-    with torch.inference_mode():  # centre the random head's logit margin (else every pixel is foreground)
-        logits = model.lowres_logits(model.encode_query(q), model.encode_support(s, m))
-        last.bias[1] -= (logits[:, :, 1] - logits[:, :, 0]).median()
     masks = {}
     with torch.inference_mode():
         for exact in (True, False):
