@@ -91,9 +91,10 @@ class FewShotSegmenter(nn.Module):
     """Frozen backbone + support masking + 4D correlation + learnable head.
 
     ``exact_selection`` (default True; a run-time setting, not saved in checkpoints): on the
-    CPU, the images whose feature signs choose between FM and IM (the support for ``hm``) go
-    through the reference NCHW backbone pass, so the rule picks exactly the values the
-    original code picks. False sends them through the faster channels-last pass too (HM's
+    CPU, with heads that take channels-last maps (HSNet; VAT and ASNet run every pass NCHW
+    and ignore it), the images whose feature signs choose between FM and IM (the support for
+    ``hm``) go through the reference NCHW backbone pass, so the rule picks exactly the values
+    the original code picks. False sends them through the faster channels-last pass too (HM's
     extra time over FM, ResNet-50 1-shot at 400 px: about +31 % -> +21 %), and a feature
     within rounding of 0 may then pick the other value: a whole value swapped, not a rounding
     difference (3 in 19 million selecting elements measured; logits stayed within 2.4e-6 of

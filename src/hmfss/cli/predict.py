@@ -39,7 +39,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_selection_argument(p: argparse.ArgumentParser) -> None:
     """--fast-selection: FewShotSegmenter.exact_selection off (CPU speed over bit-exact HM)."""
     p.add_argument("--fast-selection", action="store_true",
-                   help="CPU: run HM's support pass channels-last too (faster; a feature within rounding "
+                   help="CPU, HSNet: run HM's support pass channels-last too (faster; a feature within rounding "
                         "of 0 may pick the other value, so results can differ slightly from the original's)")
 
 
