@@ -97,13 +97,15 @@ def test_training_updates_only_the_head():
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("masking,exact,exact_selection", [
-    ("hm", "support", True), ("hm-reverse", "im", True), ("fm", None, True), ("hm", None, False), ("hm-reverse", None, False),
+@pytest.mark.parametrize("masking,exact,exact_selection,cl_head", [
+    ("hm", "support", True, True), ("hm-reverse", "im", True, True), ("fm", None, True, True),
+    ("hm", None, False, True), ("hm-reverse", None, False, True), ("hm", "all", False, False),
 ])
-def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact, exact_selection):
+def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact, exact_selection, cl_head):
     """HSNet on the CPU: channels-last passes through the BatchNorm-folded copy, except the
     images whose feature signs choose between FM and IM, which keep the reference layout and
-    modules (so the choice is bit-identical), unless ``exact_selection`` is off."""
+    modules (so the choice is bit-identical), unless ``exact_selection`` is off. Heads that
+    take no channels-last maps (VAT, ASNet) get every image from the reference pass."""
     q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
     named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
     calls = []
@@ -112,6 +114,7 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
         net.forward = lambda images, which=which, forward=net.forward: calls.append((which, images)) or forward(images)
     old_masking, model.config.masking = model.config.masking, masking
     model.exact_selection = exact_selection
+    model.head.channels_last_features = cl_head
     try:
         with torch.no_grad():
             model.predict_mask(q, s, m)
@@ -120,6 +123,7 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
             del net.forward
         model.config.masking = old_masking
         model.exact_selection = True
+        del model.head.channels_last_features
     layouts = {}
     for which, images in calls:
         for name, ref in named.items():
@@ -127,9 +131,9 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
                 if row.shape == ref.shape[1:] and any(torch.equal(row, r) for r in ref):
                     layouts[name] = (which, "nchw" if images.is_contiguous() else "channels_last")
     reference, fast = ("reference", "nchw"), ("folded", "channels_last")
-    expected = {n: reference if n == exact else fast for n in ("query", "support")}
+    expected = {n: reference if exact in (n, "all") else fast for n in ("query", "support")}
     if masking != "fm":
-        expected["im"] = reference if exact == "im" else fast
+        expected["im"] = reference if exact in ("im", "all") else fast
     assert layouts == expected
 
 
