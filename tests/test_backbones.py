@@ -5,8 +5,10 @@ import re
 import pytest
 import torch
 
-from hmfss import backbones
-from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path, max_pool_3x3_s2
+from hmfss.fast import folding as backbones
+from hmfss.fast.folding import fold_backbone
+from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path
+from hmfss.backbones.resnet import max_pool_3x3_s2
 from hmfss.errors import HmfssError
 
 
@@ -130,7 +132,7 @@ def test_folded_copy_gives_the_same_maps_without_batchnorm(name):
         norm.bias.data.normal_(0, 0.2)
     images = torch.randn(2, 3, 64, 64)
     expected = backbone(images)
-    folded = backbone.folded()
+    folded = fold_backbone(backbone)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules()) == len(norms)  # original kept
     assert len(list(backbone.conv_bn_pairs())) == len(norms)  # every BatchNorm follows a listed conv
@@ -157,7 +159,7 @@ def test_max_pool_equals_pytorch_bit_for_bit(size, channels_last):
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet-lite0", "vgg16"])
 def test_packed_convs_give_the_maps_of_plain_convs_and_depend_on_the_input_alone(name, monkeypatch):
     torch.manual_seed(4)
-    folded = build_backbone(name).folded()
+    folded = fold_backbone(build_backbone(name))
     packed = [m for m in folded.modules() if isinstance(m, backbones.PackedConv2d)]
     plain_convs = [m for m in folded.modules() if type(m) is torch.nn.Conv2d]
     assert packed and not plain_convs  # every plain conv is packed (Lite0's depthwise "same" convs are not plain)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import HmfssError
+from hmfss.errors import HmfssError
 
 
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import Backbone, build_backbone
-from .correlation import hypercorrelation
-from .errors import HmfssError
-from .heads import HEADS, Head
-from .masking import check_strategy, input_mask, needs_input_masking, selecting_input
+from hmfss.backbones import Backbone, build_backbone
+from hmfss.correlation import hypercorrelation
+from hmfss.fast.folding import fold_backbone
+from hmfss.errors import HmfssError
+from hmfss.heads import HEADS, Head
+from hmfss.masking import check_strategy, input_mask, needs_input_masking, selecting_input
 
 CPU_PIXELS_PER_PASS = 400 * 400  # backbone group size on the CPU (see FewShotSegmenter._backbone)
 _BUFFERS = threading.local()  # per-thread correlation buffers (see FewShotSegmenter._corr_buffers)
@@ -185,7 +186,7 @@ class FewShotSegmenter(nn.Module):
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.backbone.parameters(), *self.backbone.buffers()))
         cached = self.__dict__.get("_folded_cache")  # a plain attribute: not a submodule, not saved
         if cached is None or cached[0] != key:
-            cached = self.__dict__["_folded_cache"] = (key, self.backbone.folded())
+            cached = self.__dict__["_folded_cache"] = (key, fold_backbone(self.backbone))
         return cached[1]
 
     def encode_support(self, support_imgs: Tensor, support_masks: Tensor) -> SupportState:

@@ -11,7 +11,7 @@ from hmfss.data.dataset import EpisodeDataset
 from hmfss.data.episodes import make_episodes
 from hmfss.data.readers import make_reader
 from hmfss.data.splits import pascal_split
-from hmfss.metrics import SegmentationMeter
+from hmfss.evaluation.metrics import SegmentationMeter
 
 
 @pytest.fixture(scope="module")

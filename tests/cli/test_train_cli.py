@@ -70,7 +70,7 @@ def test_missing_run_directory_and_missing_logdir(bench, tmp_path, capsys):
 
 
 def _config(run):
-    from hmfss.engine.config import read_config_file
+    from hmfss.training.config import read_config_file
 
     return read_config_file(run / "config.yaml")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import add_selection_argument
+from hmfss.cli.predict import add_selection_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..engine.benchmark import BenchmarkConfig, format_table, run_benchmark
-    from ..errors import HmfssError
-    from ..engine.distributed import resolve_device
+    from hmfss.evaluation.benchmark import BenchmarkConfig, format_table, run_benchmark
+    from hmfss.errors import HmfssError
+    from hmfss.training.distributed import resolve_device
 
     for name in ("nshot", "img_size", "batch", "repeats", "stream_queries"):
         if getattr(args, name) < 1:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        from ..engine.checkpoint import atomic_write_text
+        from hmfss.atomic import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(result, indent=2))
         print(f"wrote {args.json}")

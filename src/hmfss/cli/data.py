@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare datasets (synthetic benchmark, split lists, COCO masks, VOC SegmentationClassAug)",
                        description="Dataset preparation tools.")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    from .synthetic import register_synthetic
+    from hmfss.cli.synthetic import register_synthetic
 
     register_synthetic(tools)
 
@@ -53,7 +53,7 @@ def _progress_enabled() -> bool:
 
 
 def run_splits(args: argparse.Namespace) -> int:
-    from ..data.tools import DEFAULT_SPLITS_URL, SPLIT_FILES, download_splits
+    from hmfss.data.tools import DEFAULT_SPLITS_URL, SPLIT_FILES, download_splits
 
     written = download_splits(args.out, args.base_url or DEFAULT_SPLITS_URL, force=args.force,
                               progress=_progress_enabled())
@@ -62,7 +62,7 @@ def run_splits(args: argparse.Namespace) -> int:
 
 
 def run_coco_masks(args: argparse.Namespace) -> int:
-    from ..data.tools import coco_masks
+    from hmfss.data.tools import coco_masks
 
     counts = coco_masks(args.annotations, args.out, skip_crowd=args.skip_crowd, progress=_progress_enabled())
     print(f"{counts['written']} mask(s) written, {counts['skipped']} already present, in {args.out}")
@@ -70,7 +70,7 @@ def run_coco_masks(args: argparse.Namespace) -> int:
 
 
 def run_voc_aug(args: argparse.Namespace) -> int:
-    from ..data.tools import voc_aug
+    from hmfss.data.tools import voc_aug
 
     counts = voc_aug(args.sbd, args.voc, args.out, progress=_progress_enabled())
     print(f"{counts['voc']} mask(s) from VOC2012, {counts['sbd']} from SBD, "

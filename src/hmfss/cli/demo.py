@@ -118,7 +118,7 @@ def _say(message: str) -> None:
 
 
 def _prepare_out(out: Path) -> None:
-    from ..errors import HmfssError
+    from hmfss.errors import HmfssError
 
     if out.exists() and not out.is_dir():
         raise HmfssError(f"--out {out} exists and is not a folder")
@@ -131,7 +131,7 @@ def _prepare_out(out: Path) -> None:
 
 
 def _train_config(out: Path, s: DemoSettings, masking: str, episodes_per_epoch: int):
-    from ..engine.config import TrainConfig
+    from hmfss.training.config import TrainConfig
 
     data = out / "data"
     return TrainConfig(
@@ -148,11 +148,11 @@ def _calibrate(out: Path, s: DemoSettings) -> dict[str, float]:
     """Seconds per training episode (FM, HM) and per 1-/5-shot test episode, measured on a few batches."""
     import torch
 
-    from ..data.dataset import EpisodeDataset, collate_episodes
-    from ..data.episodes import make_episodes
-    from ..data.readers import make_reader
-    from ..data.splits import load_split
-    from ..model import build_model
+    from hmfss.data.dataset import EpisodeDataset, collate_episodes
+    from hmfss.data.episodes import make_episodes
+    from hmfss.data.readers import make_reader
+    from hmfss.data.splits import load_split
+    from hmfss.model import build_model
 
     data = out / "data"
     info = load_split("fss", data / "splits", split="trn", datapath=data)
@@ -227,12 +227,12 @@ def _fit_test(s: DemoSettings, timings: dict[str, float], slowdown: float, left:
 
 
 def _evaluate(ckpt: Path, data: Path, episodes, size: int) -> dict[str, Any]:
-    from ..data.dataset import EpisodeDataset, episode_loader
-    from ..data.readers import make_reader
-    from ..data.splits import load_split
-    from ..engine.checkpoint import load_model
-    from ..engine.evaluate import evaluate
-    from ..metrics import SegmentationMeter
+    from hmfss.data.dataset import EpisodeDataset, episode_loader
+    from hmfss.data.readers import make_reader
+    from hmfss.data.splits import load_split
+    from hmfss.checkpoint import load_model
+    from hmfss.evaluation.evaluate import evaluate
+    from hmfss.evaluation.metrics import SegmentationMeter
 
     info = load_split("fss", data / "splits", split="test", datapath=data)
     model = load_model(ckpt)
@@ -242,8 +242,8 @@ def _evaluate(ckpt: Path, data: Path, episodes, size: int) -> dict[str, Any]:
 
 
 def _test_episodes(data: Path, shots: int, count: int):
-    from ..data.episodes import make_episodes
-    from ..data.splits import load_split
+    from hmfss.data.episodes import make_episodes
+    from hmfss.data.splits import load_split
 
     info = load_split("fss", data / "splits", split="test", datapath=data)
     every = make_episodes(info, shots, max(count, len(info.entries)), seed=0, protocol="seeded")
@@ -257,8 +257,8 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
     """Run the whole demo into ``out``; returns the path of ``report.md``."""
     import torch
 
-    from ..data.synthetic import SyntheticParams, generate
-    from ..engine.train import train
+    from hmfss.data.synthetic import SyntheticParams, generate
+    from hmfss.training.loop import train
 
     start = time.perf_counter()
     torch.set_num_threads(max(1, s.threads))
@@ -359,7 +359,7 @@ def _outline(image, mask, color):
     """Tint the mask lightly and draw its boundary in ``color`` (visible on any object colour)."""
     import numpy as np
 
-    from ..data.io import overlay
+    from hmfss.data.io import overlay
 
     mask = np.asarray(mask, dtype=bool)
     inner = mask.copy()
@@ -379,7 +379,7 @@ def _to_pil(img):
     import numpy as np
     from PIL import Image
 
-    from ..data.transforms import denormalise
+    from hmfss.data.transforms import denormalise
 
     return Image.fromarray((denormalise(img).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
 
@@ -387,12 +387,12 @@ def _to_pil(img):
 def _example_panels(out: Path, s: DemoSettings, results: dict, episodes, meta: dict) -> Path:
     import torch
 
-    from ..data.dataset import EpisodeDataset
-    from ..data.readers import make_reader
-    from ..data.splits import load_split
-    from ..engine.checkpoint import load_model
-    from ..engine.report import panel_grid
-    from ..metrics import area_stats
+    from hmfss.data.dataset import EpisodeDataset
+    from hmfss.data.readers import make_reader
+    from hmfss.data.splits import load_split
+    from hmfss.checkpoint import load_model
+    from hmfss.evaluation.charts import panel_grid
+    from hmfss.evaluation.metrics import area_stats
 
     data = out / "data"
     info = load_split("fss", data / "splits", split="test", datapath=data)
@@ -420,8 +420,8 @@ def _example_panels(out: Path, s: DemoSettings, results: dict, episodes, meta: d
 
 
 def write_report(out: Path, s: DemoSettings, results: dict, episodes, meta: dict) -> Path:
-    from ..engine.report import bar_chart, line_chart
-    from ..metrics import BUCKETS
+    from hmfss.evaluation.charts import bar_chart, line_chart
+    from hmfss.evaluation.metrics import BUCKETS
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -449,8 +449,8 @@ def write_report(out: Path, s: DemoSettings, results: dict, episodes, meta: dict
 
 def _finish_report(report: Path, results: dict) -> None:
     """(Re)write report.md from ``results`` (stage times are filled in when known)."""
-    from ..engine.report import markdown_table
-    from ..metrics import BUCKETS
+    from hmfss.evaluation.charts import markdown_table
+    from hmfss.evaluation.metrics import BUCKETS
 
     s = results["settings"]
     models = results["models"]

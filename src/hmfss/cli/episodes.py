@@ -41,8 +41,8 @@ def add_benchmark_arguments(p: argparse.ArgumentParser, datapath_required: bool 
 
 def resolve_episodes(args: argparse.Namespace):
     """(SplitInfo, episodes, protocol) of the parsed benchmark arguments."""
-    from ..data.episodes import default_protocol, make_episodes
-    from ..data.splits import load_split
+    from hmfss.data.episodes import default_protocol, make_episodes
+    from hmfss.data.splits import load_split
 
     info = load_split(args.benchmark, args.splits, args.fold, args.split, datapath=args.datapath,
                       classes_file=args.classes, test_ratio=args.test_ratio, split_seed=args.split_seed)
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     import io
     import os
 
-    from ..data.episodes import write_jsonl
-    from ..atomic import atomic_write_bytes
+    from hmfss.data.episodes import write_jsonl
+    from hmfss.atomic import atomic_write_bytes
 
     _, episodes, _ = resolve_episodes(args)
     if args.out:

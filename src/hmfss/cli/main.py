@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import HmfssError
+from hmfss.errors import HmfssError
 
 COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "benchmark")
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hmfss", description="Few-shot semantic segmentation with hybrid masking."
     )
-    from .. import __version__
+    from hmfss import __version__
 
     parser.add_argument("--version", action="version", version=f"hmfss {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -45,8 +45,8 @@ def add_selection_argument(p: argparse.ArgumentParser) -> None:
 
 def expand_queries(paths: list[str]) -> list[Path]:
     """Files as given; folders expanded to their images (sorted)."""
-    from ..data.io import list_images
-    from ..errors import HmfssError
+    from hmfss.data.io import list_images
+    from hmfss.errors import HmfssError
 
     out: list[Path] = []
     for raw in paths:
@@ -67,9 +67,9 @@ def load_support_set(pairs: list[list[str]], size: int):
     """Read and check the (image, mask) pairs -> (1, K, 3, S, S), (1, K, S, S) tensors."""
     import torch
 
-    from ..data.io import read_image, read_mask
-    from ..data.transforms import image_to_tensor, resize_mask
-    from ..errors import HmfssError
+    from hmfss.data.io import read_image, read_mask
+    from hmfss.data.transforms import image_to_tensor, resize_mask
+    from hmfss.errors import HmfssError
 
     images, masks = [], []
     for img_path, mask_path in pairs:
@@ -106,11 +106,11 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from ..data.io import overlay, read_image, save_image_atomic
-    from ..data.transforms import image_to_tensor
-    from ..engine.checkpoint import load_model
-    from ..engine.distributed import resolve_device
-    from ..errors import HmfssError
+    from hmfss.data.io import overlay, read_image, save_image_atomic
+    from hmfss.data.transforms import image_to_tensor
+    from hmfss.checkpoint import load_model
+    from hmfss.training.distributed import resolve_device
+    from hmfss.errors import HmfssError
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")

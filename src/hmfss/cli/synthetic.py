@@ -36,7 +36,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..data.synthetic import SyntheticParams, check_params, generate
+    from hmfss.data.synthetic import SyntheticParams, check_params, generate
 
     params = SyntheticParams(classes=args.classes, images_per_class=args.images_per_class, size=args.size,
                              seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio,

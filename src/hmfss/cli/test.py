@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .episodes import add_benchmark_arguments, resolve_episodes
+from hmfss.cli.episodes import add_benchmark_arguments, resolve_episodes
 
 MAX_TABLE_CLASSES = 20  # longer class lists print only the extremes (the JSON has all)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .predict import add_model_arguments
+    from hmfss.cli.predict import add_model_arguments
 
     p = sub.add_parser(
         "test",
@@ -76,14 +76,14 @@ def format_table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..data.dataset import EpisodeDataset, episode_loader
-    from ..data.readers import make_reader
-    from ..atomic import atomic_write_bytes
-    from ..engine.checkpoint import load_model
-    from ..engine.distributed import resolve_device
-    from ..engine.evaluate import evaluate
-    from ..errors import HmfssError
-    from ..metrics import SegmentationMeter
+    from hmfss.data.dataset import EpisodeDataset, episode_loader
+    from hmfss.data.readers import make_reader
+    from hmfss.atomic import atomic_write_bytes
+    from hmfss.checkpoint import load_model
+    from hmfss.training.distributed import resolve_device
+    from hmfss.evaluation.evaluate import evaluate
+    from hmfss.errors import HmfssError
+    from hmfss.evaluation.metrics import SegmentationMeter
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")

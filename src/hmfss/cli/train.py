@@ -96,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
-    from ..engine.config import config_fields
-    from ..errors import HmfssError
+    from hmfss.training.config import config_fields
+    from hmfss.errors import HmfssError
 
     names = set(config_fields())
     out = {k: v for k, v in vars(args).items() if k in names}
@@ -118,9 +118,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config import resolve_config
-    from ..engine.train import TrainingStopped, resume_config, train
-    from ..errors import HmfssError
+    from hmfss.training.config import resolve_config
+    from hmfss.training.loop import TrainingStopped, resume_config, train
+    from hmfss.errors import HmfssError
 
     overrides = overrides_from_args(args)
     if args.resume:
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingStopped as exc:
         print(f"hmfss: {exc}; continue with: hmfss train --resume {cfg.logdir}")
         return 3
-    from ..engine.distributed import _env_int
+    from hmfss.training.distributed import _env_int
 
     if _env_int("RANK", 0) == 0:
         print(f"best val mIoU {result.best_miou:.2f} (epoch {result.best_epoch}); best checkpoint "

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import HmfssError
-from ..heads.recipe import PhotometricAugmentation
+from hmfss.errors import HmfssError
+from hmfss.heads.recipe import PhotometricAugmentation
 
 OPS = ("to_gray", "posterize", "equalize", "sharpen", "brightness_contrast", "solarize", "color_jitter")
 JITTERS = ("brightness", "contrast", "saturation", "hue")

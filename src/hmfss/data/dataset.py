@@ -28,12 +28,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import HmfssError
-from ..heads.recipe import PhotometricAugmentation
-from .augment import photometric_augment
-from .episodes import Episode
-from .readers import Reader
-from .transforms import image_to_tensor, resize_mask
+from hmfss.errors import HmfssError
+from hmfss.heads.recipe import PhotometricAugmentation
+from hmfss.data.augment import photometric_augment
+from hmfss.data.episodes import Episode
+from hmfss.data.readers import Reader
+from hmfss.data.transforms import image_to_tensor, resize_mask
 
 _STACKED = ("query_img", "query_mask", "query_ignore", "support_imgs", "support_masks")
 

@@ -28,8 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import HmfssError
-from .splits import SplitInfo
+from hmfss.errors import HmfssError
+from hmfss.data.splits import SplitInfo
 
 PROTOCOLS = ("hsnet", "asnet", "seeded")
 

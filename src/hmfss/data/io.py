@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import HmfssError
+from hmfss.errors import HmfssError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -77,7 +77,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def save_image_atomic(img: Image.Image, path: str | Path) -> Path:
     """Write an image (format from the suffix) atomically: never half-written."""
-    from ..atomic import atomic_write
+    from hmfss.atomic import atomic_write
 
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     return atomic_write(path, lambda handle: img.save(handle, format=fmt))

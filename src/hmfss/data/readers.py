@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import HmfssError
-from . import io
-from .splits import SplitInfo
+from hmfss.errors import HmfssError
+from hmfss.data import io
+from hmfss.data.splits import SplitInfo
 
 
 @dataclass

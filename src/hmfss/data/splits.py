@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HmfssError
-from .io import IMAGE_SUFFIXES
+from hmfss.errors import HmfssError
+from hmfss.data.io import IMAGE_SUFFIXES
 
 BENCHMARKS = ("pascal", "coco", "fss", "folder")
 SPLITS = ("test", "val", "trn")
@@ -172,7 +172,7 @@ def pascal_split(splits_dir: str | Path | None, fold: int, split: str = "test") 
 
 def read_coco_pkl(path: str | Path) -> dict[int, list[str]]:
     """A split ``.pkl``: {class 0..79: [relative image paths]}, read without executing code."""
-    from ..engine.safe_unpickle import load_plain_pickle
+    from hmfss.weights import load_plain_pickle
 
     path = Path(path)
     data = load_plain_pickle(path)

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import HmfssError
+from hmfss.errors import HmfssError
 
 SHAPES = ("disc", "square", "triangle", "star", "ring", "cross", "crescent", "hexagon", "diamond", "heart")
 TEXTURES = ("solid", "stripes", "checker", "dots", "gradient", "waves")

@@ -30,8 +30,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write_bytes
-from ..errors import HmfssError
+from hmfss.atomic import atomic_write_bytes
+from hmfss.errors import HmfssError
 
 DEFAULT_SPLITS_URL = "https://raw.githubusercontent.com/juhongm999/hsnet/main/data/splits"
 
@@ -63,7 +63,7 @@ def _progress(iterable, total: int | None, desc: str, enabled: bool):
 def _check_split_file(rel: str, data: bytes, url: str) -> None:
     """Refuse a download that is not a split list (an HTML error page, a code-bearing pickle)."""
     if rel.endswith(".pkl"):
-        from ..engine.safe_unpickle import load_plain_pickle
+        from hmfss.weights import load_plain_pickle
 
         fd, tmp = tempfile.mkstemp(suffix=".pkl")
         try:
@@ -270,7 +270,7 @@ def voc_aug(sbd: str | Path | None, voc: str | Path | None, out: str | Path, pro
             if target.is_file():
                 counts["skipped"] += 1
                 continue
-            from .io import read_label_map
+            from hmfss.data.io import read_label_map
 
             save_png(read_label_map(path), target)
             counts["voc"] += 1

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..backbones import IMAGENET_MEAN, IMAGENET_STD
+from hmfss.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import BackboneInfo
-from ..errors import HmfssError
-from ..masking import mask_support_features
-from .base import Head, register_head
-from .hsnet import decode, hsnet_decoder
-from .recipe import ASNET_RECIPE
+from hmfss.backbones import BackboneInfo
+from hmfss.errors import HmfssError
+from hmfss.masking import mask_support_features
+from hmfss.heads.base import Head, register_head
+from hmfss.heads.hsnet import decode, hsnet_decoder
+from hmfss.heads.recipe import ASNET_RECIPE
 
 HEADS = 8
 GROUPS = 4

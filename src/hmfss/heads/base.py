@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from ..masking import mask_support_features
-from .recipe import HSNET_RECIPE, Recipe
+from hmfss.masking import mask_support_features
+from hmfss.heads.recipe import HSNET_RECIPE, Recipe
 
 HEADS: dict[str, type["Head"]] = {}
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import HmfssError
-from .base import Head, register_head
-from .conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims_cl, to_channels_last
+from hmfss.errors import HmfssError
+from hmfss.heads.base import Head, register_head
+from hmfss.heads.conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims_cl, to_channels_last
 
 
 def squeeze_block(cin: int, couts: list[int], kernels: list[int], strides: list[int]) -> nn.Sequential:

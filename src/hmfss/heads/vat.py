@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import BackboneInfo
-from ..errors import HmfssError
-from ..masking import mask_support_features
-from .base import Head, register_head
-from .recipe import VAT_RECIPE
-from .swin import SwinStage
+from hmfss.backbones import BackboneInfo
+from hmfss.errors import HmfssError
+from hmfss.masking import mask_support_features
+from hmfss.heads.base import Head, register_head
+from hmfss.heads.recipe import VAT_RECIPE
+from hmfss.heads.swin import SwinStage
 
 # skip features concatenated at decoder stage 0 / 1 / 2, per benchmark
 AFFINITY = {"pascal": (False, True, True), "coco": (False, False, True), "fss": (True, True, True)}

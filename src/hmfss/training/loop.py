@@ -1,6 +1,6 @@
 """Episodic training (SPEC §5): 1-shot episodes, 2-class cross-entropy, frozen backbone, and
 each head's original recipe (SPEC §5.2: optimiser, learning rate, parameter groups, image size,
-photometric augmentation; see :func:`~hmfss.engine.config.resolve_recipe`).
+photometric augmentation; see :func:`~hmfss.training.config.resolve_recipe`).
 
 One call to :func:`train` runs (or resumes) a run directory::
 
@@ -43,11 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_write_text
-from ..data.augment import augmentation_from_config, describe_augmentation
-from ..errors import HmfssError
-from .config import RESUMABLE_OVERRIDES, TrainConfig, resolve_recipe, validate, write_config
-from .distributed import (
+from hmfss.atomic import atomic_write_text
+from hmfss.data.augment import augmentation_from_config, describe_augmentation
+from hmfss.errors import HmfssError
+from hmfss.training.config import RESUMABLE_OVERRIDES, TrainConfig, resolve_recipe, validate, write_config
+from hmfss.training.distributed import (
     DistInfo,
     all_gather_objects,
     any_rank,
@@ -95,7 +95,7 @@ class DataSetup:
 
 
 def _load_split(cfg: TrainConfig, split: str):
-    from ..data.splits import load_split
+    from hmfss.data.splits import load_split
 
     return load_split(cfg.benchmark, cfg.splits, cfg.fold, split, datapath=cfg.datapath,
                       classes_file=cfg.classes, test_ratio=cfg.test_ratio, split_seed=cfg.split_seed)
@@ -135,7 +135,7 @@ def training_episodes(info, seed: int, epoch: int, count: int):
     repeated as needed to reach ``count``. COCO-style class-first sampling: a uniform class,
     then a uniform query of that class. One support of the same class, different from the query.
     """
-    from ..data.episodes import Episode
+    from hmfss.data.episodes import Episode
 
     rng = np.random.default_rng([int(seed), int(epoch), 2])
     out = []
@@ -163,10 +163,10 @@ def augmentation_seeds(seed: int, epoch: int, count: int) -> list[int]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser of ``cfg`` after :func:`~hmfss.engine.config.resolve_recipe`: Adam or AdamW
+    """The optimiser of ``cfg`` after :func:`~hmfss.training.config.resolve_recipe`: Adam or AdamW
     over the trainable parameters, one group, or two when ``decoder_lr`` / ``decoder_weight_decay``
     are set (parameters whose name contains "decoder" form the second; VAT)."""
-    from ..heads.recipe import Recipe
+    from hmfss.heads.recipe import Recipe
 
     cfg = resolve_recipe(cfg)  # no-op for a resolved config
     recipe = Recipe(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, decoder_lr=cfg.decoder_lr,
@@ -194,8 +194,8 @@ def _support(rng: np.random.Generator, pool: list[str], query: str) -> str:
 
 
 def setup_data(cfg: TrainConfig) -> DataSetup:
-    from ..data.episodes import default_protocol, make_episodes
-    from ..data.readers import make_reader
+    from hmfss.data.episodes import default_protocol, make_episodes
+    from hmfss.data.readers import make_reader
 
     train = _load_split(cfg, "trn")
     if cfg.val_split == "heldout":
@@ -219,7 +219,7 @@ def setup_data(cfg: TrainConfig) -> DataSetup:
             description = f"folder test classes ({len(val.class_ids)}; model selection on the test classes)"
     reader = make_reader(cfg.benchmark, cfg.datapath, val if cfg.benchmark == "folder" else train)
     if cfg.benchmark == "folder":  # a folder reader needs the masks of both splits
-        from ..data.readers import FolderReader
+        from hmfss.data.readers import FolderReader
 
         masks = {**train.extra.get("masks", {}), **val.extra.get("masks", {})}
         reader = FolderReader(cfg.datapath, masks)
@@ -231,7 +231,7 @@ def setup_data(cfg: TrainConfig) -> DataSetup:
 def _loader(dataset, batch_size: int, workers: int, seed: int):
     from torch.utils.data import DataLoader
 
-    from ..data.dataset import collate_episodes
+    from hmfss.data.dataset import collate_episodes
 
     gen = torch.Generator()
     gen.manual_seed(int(seed))
@@ -367,7 +367,7 @@ def _check_resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> Train
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    from .config import read_config_file
+    from hmfss.training.config import read_config_file
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -407,7 +407,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _build_model(self, info: DistInfo):
-        from ..model import build_model
+        from hmfss.model import build_model
 
         cfg = self.cfg
         model = build_model(cfg.arch, cfg.backbone, cfg.masking, backbone_weights=cfg.backbone_weights,
@@ -445,9 +445,9 @@ class Trainer:
     def _train(self, info: DistInfo, log: logging.Logger, board: _Board) -> TrainResult:
         from torch.nn.parallel import DistributedDataParallel
 
-        from ..data.dataset import EpisodeDataset
-        from ..metrics import SegmentationMeter
-        from .checkpoint import save_checkpoint
+        from hmfss.data.dataset import EpisodeDataset
+        from hmfss.evaluation.metrics import SegmentationMeter
+        from hmfss.checkpoint import save_checkpoint
 
         cfg = self.cfg
         seed_everything(cfg.seed)  # same initial head weights on every rank
@@ -474,7 +474,7 @@ class Trainer:
         if self.resume:
             state = None
             if info.is_main:
-                from .checkpoint import read_checkpoint
+                from hmfss.checkpoint import read_checkpoint
 
                 state = read_checkpoint(self.run_dir / "last.pt")
             state = broadcast_object(state, info)
@@ -665,9 +665,9 @@ class Trainer:
         return float(loss.detach())
 
     def _validate(self, model, val_set, data: DataSetup, n_classes: int, info: DistInfo) -> dict[str, Any]:
-        from ..data.dataset import episode_loader
-        from ..metrics import SegmentationMeter
-        from .evaluate import evaluate
+        from hmfss.data.dataset import episode_loader
+        from hmfss.evaluation.metrics import SegmentationMeter
+        from hmfss.evaluation.evaluate import evaluate
 
         cfg = self.cfg
         tick = time.perf_counter()
@@ -693,7 +693,7 @@ class Trainer:
 
     def _save_last(self, model, optimizer, scaler, info: DistInfo, epoch: int, step: int, global_step: int,
                    best_miou: float, best_epoch: int, history, sums, meter, seconds: float) -> None:
-        from .checkpoint import save_checkpoint
+        from hmfss.checkpoint import save_checkpoint
 
         local = None
         if step:  # this rank's running sums of the unfinished epoch
@@ -728,7 +728,7 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, An
 
 
 def _reduce_sums(sums: np.ndarray, info: DistInfo) -> np.ndarray:
-    from .distributed import all_reduce_sum
+    from hmfss.training.distributed import all_reduce_sum
 
     return all_reduce_sum([np.asarray(sums, dtype=np.float64)], info)[0]
 

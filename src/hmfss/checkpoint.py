@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_save, atomic_write, atomic_write_text  # noqa: F401  (re-exported)
-from ..errors import HmfssError
+from hmfss.atomic import atomic_save
+from hmfss.errors import HmfssError
+from hmfss.weights import load_restricted, load_state
 
 FORMAT = "hmfss"
 VERSION = 1
@@ -41,8 +42,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        from .safe_unpickle import load_restricted  # original checkpoints with foreign objects
-
         try:
             obj = load_restricted(path)
         except HmfssError:
@@ -85,32 +84,6 @@ def convert_original_keys(model: nn.Module, state: dict[str, Tensor]) -> dict[st
     for key, value in model.head.convert_original_state(head_state).items():
         out[f"head.{key}"] = value
     return out
-
-
-def _describe(names: list[str]) -> str:
-    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-    return f"{names[0]!r}{more}"
-
-
-def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, kind: str = "checkpoint") -> None:
-    """Strictly load ``state``: any missing/unexpected key or shape mismatch is an error
-    naming the file (described as ``kind``) and the key."""
-    own = model.state_dict()
-    cfg = getattr(model, "config", None)
-    what = f"{cfg.arch}/{cfg.backbone}" if cfg is not None else type(model).__name__
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing:
-        raise HmfssError(f"{kind} {path} does not fit {what}: missing key {_describe(missing)}")
-    if unexpected:
-        raise HmfssError(f"{kind} {path} does not fit {what}: unexpected key {_describe(unexpected)}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise HmfssError(
-                f"{kind} {path} does not fit {what}: {key} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(own[key].shape)}"
-            )
-    model.load_state_dict(state)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -164,8 +137,8 @@ def load_model(
     (the data the model is used on) supplies the head's data-dependent options (VAT's
     ``benchmark``) where neither the checkpoint nor ``options`` give them.
     """
-    from ..heads import HEADS
-    from ..model import build_model
+    from hmfss.heads import HEADS
+    from hmfss.model import build_model
 
     obj = read_checkpoint(path)
     _, config = checkpoint_state(obj, path)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from ..errors import HmfssError
+from hmfss.errors import HmfssError
 
 
 class Inert:
@@ -106,3 +107,29 @@ def load_plain_pickle(path: str | Path) -> Any:
             return _DataOnlyUnpickler(handle).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise HmfssError(f"cannot read {path}: {exc}") from None
+
+
+def _describe(names: list[str]) -> str:
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return f"{names[0]!r}{more}"
+
+
+def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, kind: str = "checkpoint") -> None:
+    """Strictly load ``state``: any missing/unexpected key or shape mismatch is an error
+    naming the file (described as ``kind``) and the key."""
+    own = model.state_dict()
+    cfg = getattr(model, "config", None)
+    what = f"{cfg.arch}/{cfg.backbone}" if cfg is not None else type(model).__name__
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing:
+        raise HmfssError(f"{kind} {path} does not fit {what}: missing key {_describe(missing)}")
+    if unexpected:
+        raise HmfssError(f"{kind} {path} does not fit {what}: unexpected key {_describe(unexpected)}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise HmfssError(
+                f"{kind} {path} does not fit {what}: {key} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(state)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmfss.engine.distributed import DistInfo, all_reduce_sum, rng_state, set_rng_state, shard
+from hmfss.training.distributed import DistInfo, all_reduce_sum, rng_state, set_rng_state, shard
 
 REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -43,8 +43,8 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     torch.set_num_threads(1)
-    import hmfss.engine.train as T
-    from hmfss.engine.config import TrainConfig
+    import hmfss.training.loop as T
+    from hmfss.training.config import TrainConfig
 
     seen = []
     original = T.shard
@@ -65,7 +65,7 @@ SCRIPT = textwrap.dedent("""
 def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     from hmfss.data.splits import load_split
     from hmfss.data.synthetic import SyntheticParams, generate
-    from hmfss.engine.config import TrainConfig
+    from hmfss.training.config import TrainConfig
 
     bench = tmp_path / "bench"
     generate(bench, SyntheticParams(classes=8, images_per_class=3, size=32, seed=1, test_ratio=0.25, val_ratio=0.25))
@@ -103,6 +103,6 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
 
 
 def T_training_episodes(info, epoch):
-    from hmfss.engine.train import training_episodes
+    from hmfss.training.loop import training_episodes
 
     return training_episodes(info, 0, epoch, 8)

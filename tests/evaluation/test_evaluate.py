@@ -10,9 +10,9 @@ from hmfss.data.dataset import EpisodeDataset, episode_loader
 from hmfss.data.episodes import make_episodes
 from hmfss.data.readers import make_reader
 from hmfss.data.splits import pascal_split
-from hmfss.engine.evaluate import evaluate
+from hmfss.evaluation.evaluate import evaluate
 from hmfss.errors import HmfssError
-from hmfss.metrics import SegmentationMeter
+from hmfss.evaluation.metrics import SegmentationMeter
 
 
 class ConstantModel(torch.nn.Module):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hmfss.data.synthetic import SyntheticParams, generate
-from hmfss.engine.config import TrainConfig, read_config_file, resolve_config
-from hmfss.engine.train import (
+from hmfss.training.config import TrainConfig, read_config_file, resolve_config
+from hmfss.training.loop import (
     TrainingStopped,
     heldout_split,
     resume_config,
@@ -167,7 +167,7 @@ def test_config_file_then_overrides(tmp_path):
 
 
 def _resolved(**kw):
-    from hmfss.engine.config import resolve_recipe
+    from hmfss.training.config import resolve_recipe
 
     return resolve_recipe(TrainConfig(**kw))
 
@@ -187,7 +187,7 @@ def test_recipes_resolve_to_the_original_settings():
         assert vat.model_options == {"benchmark": "pascal" if bench == "folder" else bench}
         assert vat.augmentation["p"] == 0.2 and vat.augmentation["posterize_bits"] == 4
     # resolving twice changes nothing (a resumed run rebuilds the same optimiser)
-    from hmfss.engine.config import resolve_recipe
+    from hmfss.training.config import resolve_recipe
 
     vat = _resolved(arch="vat", benchmark="coco")
     assert resolve_recipe(vat) == vat
@@ -216,7 +216,7 @@ def test_flags_override_the_recipe():
 
 def test_optimizers_of_each_head():
     from hmfss import build_model
-    from hmfss.engine.train import build_optimizer
+    from hmfss.training.loop import build_optimizer
 
     vat = build_model("vat", "efficientnet-lite0", "hm")
     opt = build_optimizer(vat, _resolved(arch="vat"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import HmfssError
+from hmfss.errors import HmfssError
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ def all_reduce_sum(arrays: Sequence[np.ndarray], info: DistInfo) -> list[np.ndar
 
 
 def reduce_meter(meter, info: DistInfo) -> None:
-    """Sum a :class:`~hmfss.metrics.SegmentationMeter`'s accumulators over all ranks, in place."""
+    """Sum a :class:`~hmfss.evaluation.metrics.SegmentationMeter`'s accumulators over all ranks, in place."""
     names = ("inter", "union", "episodes", "bucket_inter", "bucket_union", "bucket_episodes")
     reduced = all_reduce_sum([getattr(meter, n) for n in names], info)
     for name, value in zip(names, reduced):

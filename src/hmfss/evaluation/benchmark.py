@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..backbones import PACKED_CONVS
-from ..model import FewShotSegmenter, build_model, learnable_parameters, vote
+from hmfss.fast.folding import PACKED_CONVS
+from hmfss.model import FewShotSegmenter, build_model, learnable_parameters, vote
 
 
 @dataclass

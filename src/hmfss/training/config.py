@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
-from ..errors import HmfssError
+from hmfss.atomic import atomic_write_text
+from hmfss.errors import HmfssError
 
 VAL_SPLITS = ("val", "test", "heldout")
 OPTIMIZERS = ("adam", "adamw")
@@ -192,7 +192,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise HmfssError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.augmentation is not None:
-        from ..data.augment import augmentation_from_config
+        from hmfss.data.augment import augmentation_from_config
 
         augmentation_from_config(cfg.augmentation)
     if cfg.workers < 0 or cfg.checkpoint_every < 0:
@@ -219,8 +219,8 @@ def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
     """
     from dataclasses import replace
 
-    from ..data.augment import augmentation_from_config, augmentation_to_config
-    from ..heads import HEADS
+    from hmfss.data.augment import augmentation_from_config, augmentation_to_config
+    from hmfss.heads import HEADS
 
     head = HEADS.get(cfg.arch)
     if head is None:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmfss.metrics import BUCKETS, SegmentationMeter, area_stats, foreground_fraction, size_bucket
+from hmfss.evaluation.metrics import BUCKETS, SegmentationMeter, area_stats, foreground_fraction, size_bucket
 
 T = torch.tensor
 

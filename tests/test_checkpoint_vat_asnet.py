@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hmfss import build_model, load_checkpoint, load_model, save_checkpoint
-from hmfss.engine.checkpoint import read_checkpoint
+from hmfss.checkpoint import read_checkpoint
 from hmfss.errors import HmfssError
 
 

@@ -7,7 +7,7 @@ import torch
 
 from helpers import make_episode
 from hmfss import build_model, load_checkpoint, load_model, save_checkpoint
-from hmfss.engine.checkpoint import read_checkpoint
+from hmfss.checkpoint import read_checkpoint
 from hmfss.errors import HmfssError
 
 

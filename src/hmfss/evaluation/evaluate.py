@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..errors import HmfssError
-from ..metrics import SegmentationMeter
+from hmfss.errors import HmfssError
+from hmfss.evaluation.metrics import SegmentationMeter
 
 SUPPORT_COLOR = (102, 140, 255)
 QUERY_COLOR = (255, 50, 50)
@@ -26,7 +26,7 @@ QUERY_COLOR = (255, 50, 50)
 def _to_pil(img: torch.Tensor, size: tuple[int, int] | None = None):
     from PIL import Image
 
-    from ..data.transforms import denormalise
+    from hmfss.data.transforms import denormalise
 
     arr = (denormalise(img.detach().cpu()).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
     pil = Image.fromarray(arr)
@@ -55,7 +55,7 @@ def save_visualization(folder: Path, index: int, class_id: int, iou: float, quer
 
     The query panels are shown at the size ``pred`` / ``gt`` were evaluated at.
     """
-    from ..data.io import overlay, save_image_atomic
+    from hmfss.data.io import overlay, save_image_atomic
 
     size = tuple(gt.shape[-2:])
     panels = [overlay(_to_pil(img), m.detach().cpu().numpy() > 0.5, SUPPORT_COLOR)

@@ -3,7 +3,8 @@ import json
 import torch
 
 from hmfss.cli.main import main
-from hmfss.engine.benchmark import BenchmarkConfig, naive_predict, random_episode, run_benchmark
+from hmfss.evaluation.benchmark import BenchmarkConfig, naive_predict, random_episode, run_benchmark
+from hmfss.fast.folding import fold_backbone
 from hmfss.model import build_model
 
 
@@ -21,7 +22,7 @@ def test_benchmark_reports_every_figure_and_fast_path_equals_naive():
 
 def test_flop_count_scales_with_shots_like_the_pipeline():
     """K shots cost one query pass plus K support passes (+K input-masked passes for HM)."""
-    from hmfss.engine.benchmark import count_flops
+    from hmfss.evaluation.benchmark import count_flops
 
     model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
     per_k = []
@@ -64,7 +65,7 @@ def test_fast_selection_is_timed_and_compared_with_exact_selection():
                           exact_selection=False)
     model, (q, s, m) = _centred_model(cfg)
     # a channels-last copy with other weights: the two selections then give visibly different masks
-    other = build_model("hsnet", "efficientnet-lite0", "hm").backbone.folded()
+    other = fold_backbone(build_model("hsnet", "efficientnet-lite0", "hm").backbone)
     model._folded_backbone = lambda: other
     masks = {}
     with torch.inference_mode():
@@ -77,7 +78,7 @@ def test_fast_selection_is_timed_and_compared_with_exact_selection():
     assert model.exact_selection is False  # the timed runs keep the setting after the reference run
     assert result["config"]["exact_selection"] is False and "amp_mask_agreement" not in result
     assert result["fast_selection_mask_agreement"] == expected
-    from hmfss.engine.benchmark import format_table
+    from hmfss.evaluation.benchmark import format_table
 
     assert "fast vs exact selection" in format_table(result)
     assert "fast_selection_mask_agreement" not in run_benchmark(BenchmarkConfig(

@@ -1,1 +1,0 @@
-"""Engine: checkpoints, evaluation, training, distributed helpers."""
