@@ -66,7 +66,7 @@ def test_missing_run_directory_and_missing_logdir(bench, tmp_path, capsys):
     assert "--logdir RUN" in capsys.readouterr().err
 
 
-# ---- VAT and ASNet with their recipes (SPEC §5.2) ------------------------------------------------
+# ---- VAT and ASNet with their recipes (the originals' optimisers and image sizes) ----------------
 
 
 def _config(run):

@@ -103,6 +103,6 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
 
 
 def T_training_episodes(info, epoch):
-    from hmfss.training.loop import training_episodes
+    from hmfss.data.sampling import training_episodes
 
     return training_episodes(info, 0, epoch, 8)

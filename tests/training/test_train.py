@@ -4,16 +4,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from hmfss.data.sampling import heldout_split, training_episodes
 from hmfss.data.synthetic import SyntheticParams, generate
-from hmfss.training.config import TrainConfig, read_config_file, resolve_config
-from hmfss.training.loop import (
-    TrainingStopped,
-    heldout_split,
-    resume_config,
-    train,
-    training_episodes,
-)
 from hmfss.errors import HmfssError
+from hmfss.training.config import TrainConfig, read_config_file, resolve_config
+from hmfss.training.loop import TrainingStopped, train
+from hmfss.training.rundir import resume_config
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -163,7 +159,7 @@ def test_config_file_then_overrides(tmp_path):
         resolve_config(None, {"val_split": "train"})
 
 
-# ---- per-head recipes (SPEC §5.2) ----------------------------------------------------------------
+# ---- per-head recipes (optimiser, learning rates, augmentation, image size of the originals) -----
 
 
 def _resolved(**kw):
@@ -216,7 +212,7 @@ def test_flags_override_the_recipe():
 
 def test_optimizers_of_each_head():
     from hmfss import build_model
-    from hmfss.training.loop import build_optimizer
+    from hmfss.training.optim import build_optimizer
 
     vat = build_model("vat", "efficientnet-lite0", "hm")
     opt = build_optimizer(vat, _resolved(arch="vat"))

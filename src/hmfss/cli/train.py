@@ -1,4 +1,5 @@
-"""``hmfss train``: episodic training (SPEC §5), single process or DDP under ``torchrun``.
+"""``hmfss train``: episodic training (1-shot episodes, 2-class cross-entropy, frozen backbone,
+each head's original recipe), single process or DDP under ``torchrun``.
 
 Settings come from the defaults, then ``--config FILE`` (YAML or JSON), then the flags given
 on the command line. ``--resume RUN`` continues RUN from its ``last.pt`` with RUN's saved
@@ -8,6 +9,10 @@ config (only run-time settings such as --epochs or --workers may be changed).
 from __future__ import annotations
 
 import argparse
+
+import yaml
+
+from hmfss.errors import HmfssError
 
 S = argparse.SUPPRESS
 
@@ -25,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON settings (flags override them)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from RUN/last.pt")
+    for add_group in (_data_arguments, _model_arguments, _optimisation_arguments, _validation_arguments,
+                      _run_arguments):
+        add_group(p)
+    p.set_defaults(func=run)
 
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--benchmark", choices=("pascal", "coco", "fss", "folder"), help="benchmark (default fss)")
     d.add_argument("--datapath", help="dataset root (VOC2012/, COCO2014/, FSS-1000/; folder: DIR/<class>/images|masks)")
@@ -37,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--img-size", type=int,
                    help="input size (default: the head's, 400 hsnet/asnet, 473 vat, 417 vat on coco)")
 
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--arch", help="head: hsnet (default), vat or asnet")
     m.add_argument("--backbone", help="resnet50 (default) | resnet101 | vgg16 | efficientnet-lite0")
@@ -47,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="head-specific option (repeatable); vat: benchmark=pascal|coco|fss (default: the "
                         "training benchmark's, pascal for folders), mask_at=auto|resized|raw")
 
+
+def _optimisation_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument("--optimizer", help="adam | adamw (default: the head's; adamw for vat)")
     o.add_argument("--lr", type=float, help="learning rate (default: the head's; 1e-3 hsnet/asnet, 5e-4 vat)")
@@ -64,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training episodes per epoch (default: the benchmark's epoch size)")
     o.add_argument("--seed", type=int, help="training seed (default 0)")
 
+
+def _validation_arguments(p: argparse.ArgumentParser) -> None:
     v = p.add_argument_group("validation")
     v.add_argument("--val-split", choices=("val", "test", "heldout"),
                    help="model selection on: val (default; the original's: pascal/coco val = the test "
@@ -75,6 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--val-seed", type=int, help="validation episode seed (default 0)")
     v.add_argument("--val-protocol", choices=("hsnet", "asnet", "seeded"), help="validation episode protocol")
 
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--logdir", metavar="RUN", help="run directory (config, log, history, best.pt, last.pt)")
     r.add_argument("--workers", type=int, help="data-loading worker processes per rank (default 4)")
@@ -91,19 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--find-unused-parameters", action="store_true", dest="find_unused_parameters",
                    help="DDP: allow head parameters that get no gradient")
     r.add_argument("--stop-after-steps", type=int, dest="stop_after_steps", help=S)  # debug: simulated crash
-    p.set_defaults(func=run)
 
 
-
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    from hmfss.training.config import config_fields
-    from hmfss.errors import HmfssError
-
-    names = set(config_fields())
+def overrides_from_args(args: argparse.Namespace, names: set[str]) -> dict:
+    """The settings given on the command line (``names``: the config's fields)."""
     out = {k: v for k, v in vars(args).items() if k in names}
     if getattr(args, "model_option", None):
-        import yaml
-
         options = {}
         for item in args.model_option:
             key, sep, value = item.partition("=")
@@ -118,11 +130,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hmfss.training.config import resolve_config
-    from hmfss.training.loop import TrainingStopped, resume_config, train
-    from hmfss.errors import HmfssError
+    # imported here, not at the top: `hmfss --help` imports every command and should not wait for torch
+    from hmfss.training.config import config_fields, resolve_config
+    from hmfss.training.distributed import launch_rank
+    from hmfss.training.loop import TrainingStopped, train
+    from hmfss.training.rundir import resume_config
 
-    overrides = overrides_from_args(args)
+    overrides = overrides_from_args(args, set(config_fields()))
     if args.resume:
         if args.config:
             raise HmfssError("--resume uses the run's own config.yaml; do not pass --config")
@@ -136,9 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingStopped as exc:
         print(f"hmfss: {exc}; continue with: hmfss train --resume {cfg.logdir}")
         return 3
-    from hmfss.training.distributed import _env_int
-
-    if _env_int("RANK", 0) == 0:
+    if launch_rank() == 0:
         print(f"best val mIoU {result.best_miou:.2f} (epoch {result.best_epoch}); best checkpoint "
               f"{result.run_dir / 'best.pt'}")
     return 0

@@ -1,4 +1,4 @@
-"""Photometric augmentation of training images (VAT's "CATs" set, SPEC §5.2), in plain torch.
+"""Photometric augmentation of training images (VAT's "CATs" set), in plain torch.
 
 :func:`photometric_augment` applies the ops of a
 :class:`~hmfss.heads.recipe.PhotometricAugmentation` to one RGB image, each with probability
@@ -7,7 +7,7 @@ it is given, so an image's augmentation is a pure function of the generator's se
 seeds it per episode: resumed runs see the same images). Masks are never touched.
 
 The ops follow the uint8 arithmetic of the albumentations 1.x / OpenCV functions the original
-VAT code used (SPEC §5.2):
+VAT code used:
 
 * ``to_gray``: OpenCV's fixed-point luma ``(4899 R + 9617 G + 1868 B + 8192) >> 14`` copied to
   the three channels;

@@ -9,14 +9,14 @@ Item (a dict):
   ``org_query_size`` (H0, W0)
 * with ``original_size``: ``query_mask_full`` (H0, W0) float and ``query_ignore_full`` (H0, W0) bool
 
-Images are resized with PIL bilinear, masks with legacy nearest (SPEC §1.1). With an
-``augmentation`` (training), the query and then each support image are augmented at their
-original size, before resizing and normalisation, by one generator seeded with the episode's
-entry of ``augment_seeds`` (default: its index), so items do not depend on the worker that
-loads them; masks are not changed. A file that
-cannot be read gives ``{"index": i, "error": "<one line naming the file>"}`` instead of
-raising inside a worker; :func:`collate_episodes` gathers those under ``"errors"`` so that the
-caller decides (fail with the message, or skip the episode and count it).
+Images are resized with PIL bilinear, masks with legacy nearest (as the original loaders).
+With an ``augmentation`` (training), the query and then each support image are augmented at
+their original size, before resizing and normalisation, by one generator seeded with the
+episode's entry of ``augment_seeds`` (default: its index), so items do not depend on the
+worker that loads them; masks are not changed. A file that cannot be read gives
+``{"index": i, "error": "<one line naming the file>"}`` instead of raising inside a worker;
+:func:`collate_episodes` gathers those under ``"errors"`` so that the caller decides (fail
+with the message, or skip the episode and count it).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Episodes are computed up front in the main process from a :class:`~hmfss.data.splits.SplitInfo`
 (no image is read), so they never depend on data-loader workers or the batch size.
 
-Protocols (SPEC §6.1):
+Protocols (how the original code bases drew test episodes, and our own):
 
 * ``hsnet`` - the original HSNet / VAT / HSNet-HM test loaders: one NumPy ``RandomState(seed)``
   (seed 0 in the originals) drawn sequentially in loader order. "query-order" benchmarks
@@ -51,6 +51,12 @@ class Episode:
 
 def default_protocol(benchmark: str) -> str:
     return "seeded" if benchmark == "folder" else "hsnet"
+
+
+def used_classes(info: SplitInfo) -> list[int]:
+    """The classes a split's episodes can show: every listed class when classes are sampled
+    first (COCO), else the classes of its entries, sorted."""
+    return list(info.class_ids) if info.sampling == "class-first" else sorted({c for _, c in info.entries})
 
 
 def _legacy_pick(rng: np.random.RandomState, pool: list) -> object:
@@ -113,8 +119,7 @@ def make_episodes(info: SplitInfo, nshot: int = 1, episodes: int | None = None, 
         raise HmfssError(f"--episodes must be at least 1, got {count}")
     if not info.entries or not info.class_ids:
         raise HmfssError(f"the {info.benchmark} {info.split} split has no images")
-    used = info.class_ids if info.sampling == "class-first" else sorted({c for _, c in info.entries})
-    _check_pools(info, used)
+    _check_pools(info, used_classes(info))
     if protocol == "hsnet":
         rng = np.random.RandomState(seed)
         return [_legacy_episode(rng, info, i, nshot) for i in range(count)]

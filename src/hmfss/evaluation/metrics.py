@@ -1,4 +1,4 @@
-"""Few-shot segmentation metrics (SPEC §6.4) and per-size breakdowns.
+"""Few-shot segmentation metrics (those of HSNet and its successors) and per-size breakdowns.
 
 Per episode, the binary prediction and ground truth give intersection and union for the two
 labels (0 = background, 1 = foreground), not counting ignored pixels (PASCAL 255 boundaries).
@@ -71,6 +71,9 @@ def size_bucket(fraction: float) -> int:
 class SegmentationMeter:
     """Accumulates per-class intersection / union (overall and per size bucket)."""
 
+    # the arrays that hold everything accumulated (summed over processes, saved in checkpoints)
+    ACCUMULATORS = ("inter", "union", "episodes", "bucket_inter", "bucket_union", "bucket_episodes")
+
     def __init__(self, class_ids: Sequence[int], n_classes: int, class_names: Sequence[str] | None = None):
         self.class_ids = [int(c) for c in class_ids]
         self.n_classes = int(n_classes)
@@ -102,6 +105,21 @@ class SegmentationMeter:
         inter, union = area_stats(pred, gt, ignore)
         self.update(class_id, inter, union, foreground_fraction(gt))
         return float(inter[1] / max(union[1], 1.0))
+
+    def add_batch(self, class_ids: Sequence[int], preds: Tensor, gts: Tensor) -> None:
+        """Score a batch: preds, gts (B, H, W) with values in {0, 1}; nothing ignored."""
+        preds, gts = preds.detach().cpu(), gts.detach().cpu()
+        for class_id, pred, gt in zip(class_ids, preds, gts):
+            self.add(int(class_id), pred, gt)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Copies of the accumulators, by name (see :attr:`ACCUMULATORS`)."""
+        return {name: getattr(self, name).copy() for name in self.ACCUMULATORS}
+
+    def load_arrays(self, arrays: dict) -> None:
+        """Restore accumulators saved by :meth:`arrays` (any array-like values)."""
+        for name in self.ACCUMULATORS:
+            setattr(self, name, np.asarray(arrays[name]).astype(getattr(self, name).dtype))
 
     @property
     def count(self) -> int:

@@ -1,19 +1,27 @@
-"""Training configuration: a dataclass, YAML / JSON reading and writing, CLI overrides.
+"""Training configuration: a dataclass, YAML / JSON reading and writing, CLI overrides, and
+the head's recipe filled in once.
 
-Precedence: dataclass defaults < ``--config FILE`` < command-line flags. Every run directory
-holds the fully resolved configuration as ``config.yaml``; ``--resume RUN`` reads it back.
+Precedence: dataclass defaults < ``--config FILE`` < command-line flags < nothing left unset:
+settings not given come from the head's recipe (:func:`resolve`). Every run directory holds
+the fully resolved configuration as ``config.yaml``; ``--resume RUN`` reads it back.
 """
 
 from __future__ import annotations
 
 import json
+import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hmfss.atomic import atomic_write_text
+from hmfss.data.augment import augmentation_from_config, augmentation_to_config
 from hmfss.errors import HmfssError
+from hmfss.heads import HEADS
+from hmfss.heads.recipe import PhotometricAugmentation
 
 VAL_SPLITS = ("val", "test", "heldout")
 OPTIMIZERS = ("adam", "adamw")
@@ -36,7 +44,7 @@ class TrainConfig:
     backbone_weights: str | None = None  # .pth, or "imagenet" for efficientnet-lite0
     masking: str = "hm"
     model_options: dict[str, Any] = field(default_factory=dict)  # head options; VAT's benchmark: the data's
-    # optimisation (SPEC §5); None = the head's recipe (HEADS[arch].recipe), resolved when a run starts
+    # optimisation; None = the head's recipe (HEADS[arch].recipe), filled in by resolve()
     optimizer: str | None = None  # adam | adamw
     lr: float | None = None
     weight_decay: float | None = None
@@ -74,11 +82,13 @@ class TrainConfig:
         return cls(**check_values(data, source))
 
 
-# keys that may differ between a run and its resumption
-RESUMABLE_OVERRIDES = frozenset({
-    "epochs", "workers", "device", "amp", "compile", "checkpoint_every", "tensorboard", "progress",
-    "skip_bad_images", "datapath", "splits",
-})
+@dataclass(frozen=True)
+class TrainSettings:
+    """A run's configuration resolved once: ``config`` as config.yaml stores it (every recipe
+    setting filled in) and the typed augmentation the data loaders apply (None: none)."""
+
+    config: TrainConfig
+    augmentation: PhotometricAugmentation | None
 
 
 def _field_types() -> dict[str, Any]:
@@ -88,7 +98,7 @@ def _field_types() -> dict[str, Any]:
 def _accepts(kind: Any, value: Any) -> tuple[bool, Any]:
     """Whether ``value`` fits the annotation ``kind`` (with int -> float widening)."""
     origin = typing.get_origin(kind)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(kind):
             ok, converted = _accepts(option, value)
             if ok:
@@ -134,8 +144,6 @@ def check_values(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON mapping of settings (partial configs are fine)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise HmfssError(f"config file not found: {path}")
@@ -159,7 +167,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the file's settings, then ``overrides`` (e.g. command-line flags)."""
+    """Defaults, then the file's settings, then ``overrides`` (e.g. command-line flags), then
+    the head's recipe for what is still unset; validated."""
     merged: dict[str, Any] = {}
     if file is not None:
         merged.update(read_config_file(file))
@@ -167,11 +176,12 @@ def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | N
         merged.update(check_values(overrides, "command line"))
     cfg = TrainConfig(**merged)
     validate(cfg)
-    return cfg
+    return resolve_recipe(cfg)
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Value checks that do not need the data."""
+    """Value checks that need neither the data nor the head (:func:`resolve` checks the
+    augmentation and the arch)."""
     if cfg.val_split not in VAL_SPLITS:
         raise HmfssError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {cfg.val_split!r}")
     for name in ("bsz", "epochs"):
@@ -191,10 +201,6 @@ def validate(cfg: TrainConfig) -> None:
             raise HmfssError(f"{name} must not be negative, got {value}")
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise HmfssError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    if cfg.augmentation is not None:
-        from hmfss.data.augment import augmentation_from_config
-
-        augmentation_from_config(cfg.augmentation)
     if cfg.workers < 0 or cfg.checkpoint_every < 0:
         raise HmfssError("workers and checkpoint_every must not be negative")
     if not 0.0 < cfg.heldout_ratio < 1.0:
@@ -206,48 +212,43 @@ def _first_set(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with every setting left to the head's recipe filled in (SPEC §5.2).
+def resolve(cfg: TrainConfig) -> TrainSettings:
+    """``cfg`` with every setting left to the head's recipe filled in, and its augmentation parsed.
 
-    Optimiser, learning rate and weight decay, the decoder parameter group, the
-    augmentation, the head's data-dependent options (VAT's ``benchmark``: the training
-    benchmark's, PASCAL's for folders) and the image size come from ``HEADS[arch].recipe``
-    unless set. An explicit ``lr`` / ``weight_decay`` also applies to the decoder group unless
-    ``decoder_lr`` / ``decoder_weight_decay`` are set. The result is what a run stores in its
-    config.yaml, so resolving it again changes nothing and ``--resume`` rebuilds the same
-    optimiser.
+    Optimiser, learning rate and weight decay, the decoder parameter group, the augmentation,
+    the head's data-dependent options (VAT's ``benchmark``: the training benchmark's, PASCAL's
+    for folders) and the image size come from ``HEADS[arch].recipe`` unless set. An explicit
+    ``lr`` / ``weight_decay`` also applies to the decoder group unless ``decoder_lr`` /
+    ``decoder_weight_decay`` are set. ``config`` is what a run stores in its config.yaml, so
+    resolving it again changes nothing and ``--resume`` rebuilds the same optimiser.
     """
-    from dataclasses import replace
-
-    from hmfss.data.augment import augmentation_from_config, augmentation_to_config
-    from hmfss.heads import HEADS
-
     head = HEADS.get(cfg.arch)
     if head is None:
         raise HmfssError(f"unknown arch {cfg.arch!r}; choose one of {', '.join(sorted(HEADS))}")
     recipe = head.recipe
-    lr = cfg.lr if cfg.lr is not None else recipe.lr
-    weight_decay = cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay
+    lr = _first_set(cfg.lr, recipe.lr)
+    weight_decay = _first_set(cfg.weight_decay, recipe.weight_decay)
     decoder_lr = decoder_wd = None
     if any(v is not None for v in (recipe.decoder_lr, recipe.decoder_weight_decay, cfg.decoder_lr,
                                    cfg.decoder_weight_decay)):
-        decoder_lr = _first_set(cfg.decoder_lr, cfg.lr, recipe.decoder_lr, lr)
-        decoder_wd = _first_set(cfg.decoder_weight_decay, cfg.weight_decay, recipe.decoder_weight_decay, weight_decay)
-    if cfg.augmentation is None:
-        augmentation = recipe.augmentation
-    else:
-        augmentation = augmentation_from_config(cfg.augmentation)
+        decoder_lr = float(_first_set(cfg.decoder_lr, cfg.lr, recipe.decoder_lr, lr))
+        decoder_wd = float(_first_set(cfg.decoder_weight_decay, cfg.weight_decay, recipe.decoder_weight_decay,
+                                      weight_decay))
+    augmentation = recipe.augmentation if cfg.augmentation is None else augmentation_from_config(cfg.augmentation)
     options = {**head.benchmark_options(cfg.benchmark), **cfg.model_options}
     img_size = cfg.img_size or head.default_img_size(**options)
-    return replace(cfg, optimizer=cfg.optimizer or recipe.optimizer, lr=float(lr), weight_decay=float(weight_decay),
-                   decoder_lr=None if decoder_lr is None else float(decoder_lr),
-                   decoder_weight_decay=None if decoder_wd is None else float(decoder_wd),
-                   augmentation=augmentation_to_config(augmentation), model_options=options, img_size=int(img_size))
+    config = replace(cfg, optimizer=cfg.optimizer or recipe.optimizer, lr=float(lr), weight_decay=float(weight_decay),
+                     decoder_lr=decoder_lr, decoder_weight_decay=decoder_wd,
+                     augmentation=augmentation_to_config(augmentation), model_options=options, img_size=int(img_size))
+    return TrainSettings(config, augmentation)
+
+
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """The resolved configuration of :func:`resolve` (what config.yaml stores)."""
+    return resolve(cfg).config
 
 
 def dump_yaml(cfg: TrainConfig | dict[str, Any]) -> str:
-    import yaml
-
     data = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 

@@ -50,6 +50,11 @@ def _env_int(name: str, default: int) -> int:
         raise HmfssError(f"environment variable {name}={value!r} is not an integer") from None
 
 
+def launch_rank() -> int:
+    """This process's rank as set by ``torchrun`` (0 when not launched by it)."""
+    return _env_int("RANK", 0)
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> this process's GPU (cuda:LOCAL_RANK) when CUDA is available, else CPU."""
     if name == "auto":
@@ -126,7 +131,7 @@ def all_reduce_sum(arrays: Sequence[np.ndarray], info: DistInfo) -> list[np.ndar
 
 def reduce_meter(meter, info: DistInfo) -> None:
     """Sum a :class:`~hmfss.evaluation.metrics.SegmentationMeter`'s accumulators over all ranks, in place."""
-    names = ("inter", "union", "episodes", "bucket_inter", "bucket_union", "bucket_episodes")
+    names = meter.ACCUMULATORS
     reduced = all_reduce_sum([getattr(meter, n) for n in names], info)
     for name, value in zip(names, reduced):
         setattr(meter, name, value)

@@ -1,0 +1,268 @@
+"""The run directory of a training run: what it holds, how it is written and resumed.
+
+::
+
+    RUN/config.yaml      resolved configuration (``--resume RUN`` reads it back)
+    RUN/log.txt          plain text log (appended on resume)
+    RUN/history.jsonl    one JSON object per epoch; RUN/history.csv the same as a table
+    RUN/best.pt          best validation mIoU so far (an hmfss checkpoint: ``hmfss predict``/``test``)
+    RUN/last.pt          latest state: model, optimizer, epoch/step, best score, RNG states
+    RUN/tb/              TensorBoard scalars (when tensorboard is installed)
+
+Only rank 0 writes files. ``last.pt`` holds every rank's RNG states and, when written inside
+an epoch, every rank's running sums of that epoch, so that a resumed run goes on exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmfss.atomic import atomic_write_text
+from hmfss.checkpoint import read_checkpoint, save_checkpoint
+from hmfss.errors import HmfssError
+from hmfss.evaluation.metrics import SegmentationMeter
+from hmfss.training.config import TrainConfig, read_config_file, validate, write_config
+from hmfss.training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    broadcast_object,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from hmfss.training.optim import check_optimizer_state
+
+LOGGER_NAME = "hmfss.train"
+HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_miou", "train_fb_iou", "val_miou", "val_fb_iou",
+                  "best_miou", "best_epoch", "lr", "episodes", "episodes_per_s", "epoch_seconds")
+
+# settings that may differ between a run and its resumption
+RESUMABLE_OVERRIDES = frozenset({
+    "epochs", "workers", "device", "amp", "compile", "checkpoint_every", "tensorboard", "progress",
+    "skip_bad_images", "datapath", "splits",
+})
+
+
+@dataclass
+class RunState:
+    """Where a run stands: finished epochs, steps into the next one, best score, history."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best_miou: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EpochProgress:
+    """This rank's running sums of an unfinished epoch."""
+
+    meter: SegmentationMeter
+    sums: np.ndarray  # (3,): loss x episodes, episodes, skipped episodes
+    seconds: float = 0.0
+
+    def to_saved(self) -> dict[str, Any]:
+        return {"sums": torch.as_tensor(self.sums), "seconds": self.seconds,
+                "meter": {n: torch.as_tensor(a) for n, a in self.meter.arrays().items()}}
+
+    def load_saved(self, saved: dict[str, Any]) -> None:
+        self.sums = np.asarray(saved["sums"], dtype=np.float64)
+        self.seconds = float(saved["seconds"])
+        self.meter.load_arrays(saved["meter"])
+
+
+# ---- configuration of an existing run ------------------------------------------------------------
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config.yaml of an existing run directory, with ``logdir`` pointing at it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HmfssError(f"run directory not found: {run_dir}")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise HmfssError(f"{run_dir} is not a training run (no config.yaml)")
+    cfg = TrainConfig(**read_config_file(path))
+    cfg.logdir = str(run_dir)
+    return cfg
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of an existing run with allowed ``overrides`` (epochs, workers, ...) applied."""
+    saved = load_run_config(run_dir)
+    changed = {k: v for k, v in (overrides or {}).items() if getattr(saved, k) != v}
+    bad = sorted(k for k in changed if k not in RESUMABLE_OVERRIDES and k != "logdir")
+    if bad:
+        raise HmfssError(
+            f"cannot change {bad[0]!r} when resuming (the run was made with {bad[0]}={getattr(saved, bad[0])!r}); "
+            f"start a new run instead"
+        )
+    cfg = replace(saved, **{k: v for k, v in changed.items() if k != "logdir"})
+    validate(cfg)
+    return cfg
+
+
+# ---- the directory -------------------------------------------------------------------------------
+
+
+class RunDir:
+    """Files of one run as seen by one process (only rank 0 writes)."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, info: DistInfo):
+        self.path = Path(path)
+        self.cfg = cfg
+        self.info = info
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    def prepare(self, resume: bool) -> None:
+        """Check that the directory fits a new run (or holds one to resume) and create it."""
+        if resume:
+            if not self.last.is_file():
+                raise HmfssError(f"cannot resume: {self.last} not found")
+        elif self.last.is_file() or (self.path / "config.yaml").is_file():
+            raise HmfssError(f"{self.path} already holds a training run; continue it with --resume "
+                             f"{self.path} or choose another --logdir")
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self) -> None:
+        if self.info.is_main:
+            write_config(self.cfg, self.path / "config.yaml")
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        if self.info.is_main:
+            write_history(self.path, history)
+
+    def save_best(self, model: torch.nn.Module, epoch: int, val: dict[str, Any]) -> None:
+        if self.info.is_main:
+            save_checkpoint(model, self.path / "best.pt", epoch=epoch, val_miou=val["miou"],
+                            val_fb_iou=val["fb_iou"], train_config=self.cfg.to_dict())
+
+    def save_last(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  state: RunState, progress: EpochProgress | None = None) -> None:
+        """Write last.pt: ``progress`` is this rank's unfinished epoch (None at an epoch end)."""
+        local = progress.to_saved() if state.step else None
+        gathered = all_gather_objects((rng_state(), local), self.info)
+        if not self.info.is_main:
+            return
+        save_checkpoint(model, self.last, optimizer=optimizer.state_dict(),
+                        optimizer_kind=type(optimizer).__name__,
+                        scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                        epoch=state.epoch, step=state.step, global_step=state.global_step,
+                        best_miou=state.best_miou, best_epoch=state.best_epoch, history=state.history,
+                        rng=[g[0] for g in gathered], world_size=self.info.world_size,
+                        partial=[g[1] for g in gathered] if state.step else None,
+                        sampler={"seed": self.cfg.seed, "epoch": state.epoch, "step": state.step,
+                                 "kind": "seeded-permutation"},
+                        train_config=self.cfg.to_dict())
+
+    def load_last(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  log: logging.Logger) -> tuple[RunState, dict[str, Any] | None]:
+        """Restore model, optimizer, scaler and this rank's RNG states from last.pt.
+
+        Returns the run state and this rank's saved epoch progress (or None).
+        """
+        saved = read_checkpoint(self.last) if self.info.is_main else None
+        saved = broadcast_object(saved, self.info)
+        model.load_state_dict(saved["model"])
+        check_optimizer_state(optimizer, saved, self.last)
+        optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        state = RunState(int(saved["epoch"]), int(saved["step"]), int(saved["global_step"]),
+                         float(saved["best_miou"]), int(saved["best_epoch"]), list(saved.get("history", [])))
+        rngs = saved.get("rng") or []
+        same_world = int(saved.get("world_size", 1)) == self.info.world_size and len(rngs) == self.info.world_size
+        if state.step and not same_world:
+            raise HmfssError(f"{self.last} was written inside an epoch by {saved.get('world_size', 1)} processes; "
+                             f"resume it with the same number")
+        if same_world:
+            set_rng_state(rngs[self.info.rank])
+        else:
+            log.info("world size changed since the checkpoint: RNG streams are re-seeded")
+            seed_everything(self.cfg.seed + 1000 * state.epoch + self.info.rank)
+        partial = saved["partial"][self.info.rank] if saved.get("partial") else None
+        return state, partial
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """history.jsonl (every key) and history.csv (:data:`HISTORY_FIELDS`), atomically."""
+    atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+# ---- log and TensorBoard -------------------------------------------------------------------------
+
+
+def make_logger(run_dir: Path, info: DistInfo, console: bool) -> logging.Logger:
+    """Rank 0: log.txt (timestamped) and, with ``console``, stderr; other ranks: nothing."""
+    logger = logging.getLogger(f"{LOGGER_NAME}.{id(run_dir)}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    close_logger(logger)
+    if info.is_main:
+        file_handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(file_handler)
+        if console:
+            stream = logging.StreamHandler(sys.stderr)
+            stream.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(stream)
+    else:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+class Board:
+    """TensorBoard scalars when ``torch.utils.tensorboard`` imports; otherwise nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.writer = None
+        if not enabled:
+            return
+        try:  # optional dependency: imported only when asked for
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed
+            return
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+
+    @property
+    def active(self) -> bool:
+        return self.writer is not None
+
+    def scalars(self, values: dict[str, float | None], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
