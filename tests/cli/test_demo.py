@@ -54,25 +54,27 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 
 
 def test_demo_budget_planning_scales_episodes_down_equally():
-    from hmfss.cli.demo import DemoSettings, _plan
+    from hmfss.demo.budget import plan
+    from hmfss.demo.settings import DemoSettings
 
     s = DemoSettings()
     fast = {"train_fm": 0.01, "train_hm": 0.012, "eval1_fm": 0.005, "eval1_hm": 0.006, "eval5_fm": 0.02,
             "eval5_hm": 0.03}
-    planned, predicted = _plan(s, fast, 20.0)
+    planned, predicted = plan(s, fast, 20.0)
     assert planned.episodes_per_epoch == s.episodes_per_epoch and predicted < 60 * s.budget_minutes
     slow = {k: v * 20 for k, v in fast.items()}
-    planned, predicted = _plan(s, slow, 20.0)
+    planned, predicted = plan(s, slow, 20.0)
     assert s.min_episodes_per_epoch <= planned.episodes_per_epoch < s.episodes_per_epoch
     assert planned.episodes_per_epoch % s.bsz == 0
 
 
 def test_evaluation_shrinks_when_training_ran_slower_than_measured():
-    from hmfss.cli.demo import DemoSettings, _fit_test
+    from hmfss.demo.budget import fit_test
+    from hmfss.demo.settings import DemoSettings
 
     s = DemoSettings()
     t = {"train_fm": 0.05, "train_hm": 0.06, "eval1_fm": 0.02, "eval1_hm": 0.03, "eval5_fm": 0.1, "eval5_hm": 0.15}
-    assert _fit_test(s, t, 1.0, 1000.0) == s
-    smaller = _fit_test(s, t, 2.0, 60.0)
+    assert fit_test(s, t, 1.0, 1000.0) == s
+    smaller = fit_test(s, t, 2.0, 60.0)
     assert 60 <= smaller.test_episodes < s.test_episodes and 30 <= smaller.test_episodes_5shot < s.test_episodes_5shot
-    assert _fit_test(s, {}, 3.0, 0.0) == s
+    assert fit_test(s, {}, 3.0, 0.0) == s

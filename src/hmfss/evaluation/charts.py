@@ -3,7 +3,10 @@
 * :func:`line_chart` - curves over epochs (training loss, validation mIoU);
 * :func:`bar_chart` - grouped bars (mIoU by object-size bucket);
 * :func:`panel_grid` - rows of captioned image panels (support / query / predictions);
+* :func:`tensor_to_pil`, :func:`outline` - panels from network inputs and masks;
 * :func:`markdown_table` - a pipe table.
+
+Images are written atomically.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from hmfss.data.io import overlay, save_image_atomic
+from hmfss.data.transforms import denormalise
 
 PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75))
 BACKGROUND = (255, 255, 255)
@@ -140,9 +148,7 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
     _legend(draw, list(series), PALETTE, left, right, 30, font)
-    path = Path(path)
-    image.save(path)
-    return path
+    return save_image_atomic(image, path)
 
 
 def _legend_rows(draw, names: Sequence[str], span: float, font) -> int:
@@ -193,9 +199,7 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
             w, _ = _text_size(draw, notes[g], font)
             draw.text((gx + group_w * 0.4 - w / 2, bottom + 22), notes[g], fill=(120, 120, 120), font=font)
     _legend(draw, list(series), PALETTE, left, right, 30, font)
-    path = Path(path)
-    image.save(path)
-    return path
+    return save_image_atomic(image, path)
 
 
 def panel_grid(rows: Sequence[Sequence[tuple[Image.Image, str]]], path: str | Path, tile: int = 128,
@@ -219,9 +223,30 @@ def panel_grid(rows: Sequence[Sequence[tuple[Image.Image, str]]], path: str | Pa
             image.paste(panel.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
             w, _ = _text_size(draw, caption, font)
             draw.text((x + tile / 2 - w / 2, y + tile + 2), caption, fill=AXIS, font=font)
-    path = Path(path)
-    image.save(path)
-    return path
+    return save_image_atomic(image, path)
+
+
+def tensor_to_pil(img: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
+    """A normalised (3, H, W) network input as an 8-bit RGB image, resized (bilinear) to
+    ``size`` = (H, W) when given."""
+    arr = (denormalise(img.detach().cpu()).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    pil = Image.fromarray(arr)
+    if size is not None and (pil.height, pil.width) != tuple(size):
+        pil = pil.resize((size[1], size[0]), Image.BILINEAR)
+    return pil
+
+
+def outline(image: Image.Image, mask: np.ndarray, color: tuple[int, int, int]) -> Image.Image:
+    """Tint the (H, W) bool mask lightly and draw its boundary in ``color`` (visible on any object colour)."""
+    mask = np.asarray(mask, dtype=bool)
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    tinted = np.array(overlay(image, mask, color, alpha=0.35))
+    tinted[mask & ~inner] = color
+    return Image.fromarray(tinted)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

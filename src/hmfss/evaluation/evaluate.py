@@ -13,31 +13,20 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
+from hmfss.data.io import overlay, save_image_atomic
 from hmfss.errors import HmfssError
+from hmfss.evaluation.charts import tensor_to_pil
 from hmfss.evaluation.metrics import SegmentationMeter
 
 SUPPORT_COLOR = (102, 140, 255)
 QUERY_COLOR = (255, 50, 50)
 
 
-def _to_pil(img: torch.Tensor, size: tuple[int, int] | None = None):
-    from PIL import Image
-
-    from hmfss.data.transforms import denormalise
-
-    arr = (denormalise(img.detach().cpu()).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    pil = Image.fromarray(arr)
-    if size is not None and (pil.height, pil.width) != tuple(size):
-        pil = pil.resize((size[1], size[0]), Image.BILINEAR)
-    return pil
-
-
-def _strip(panels: list) -> Any:
-    from PIL import Image
-
+def _strip(panels: list[Image.Image]) -> Image.Image:
     width = sum(p.width for p in panels)
     height = max(p.height for p in panels)
     canvas = Image.new("RGB", (width, height))
@@ -55,12 +44,10 @@ def save_visualization(folder: Path, index: int, class_id: int, iou: float, quer
 
     The query panels are shown at the size ``pred`` / ``gt`` were evaluated at.
     """
-    from hmfss.data.io import overlay, save_image_atomic
-
     size = tuple(gt.shape[-2:])
-    panels = [overlay(_to_pil(img), m.detach().cpu().numpy() > 0.5, SUPPORT_COLOR)
+    panels = [overlay(tensor_to_pil(img), m.detach().cpu().numpy() > 0.5, SUPPORT_COLOR)
               for img, m in zip(support_imgs, support_masks)]
-    query = _to_pil(query_img, size)
+    query = tensor_to_pil(query_img, size)
     panels.append(overlay(query, pred.detach().cpu().numpy() > 0.5, QUERY_COLOR))
     panels.append(overlay(query, gt.detach().cpu().numpy() > 0.5, QUERY_COLOR))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(query_name).stem)[:60]
@@ -89,8 +76,6 @@ def evaluate(
     or with ``skip_bad`` is skipped and counted. Returns ``meter.summary()`` plus
     ``evaluated``, ``skipped`` and ``skipped_episodes`` [(index, message)].
     """
-    from tqdm import tqdm
-
     device = torch.device(device)
     vis_dir = Path(visualize) if visualize is not None else None
     if vis_dir is not None:

@@ -1,0 +1,1 @@
+"""``hmfss demo``: HSNet-FM vs HSNet-HM on the embedded synthetic benchmark (see pipeline.py)."""
