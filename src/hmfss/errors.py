@@ -10,9 +10,3 @@ from __future__ import annotations
 
 class HmfssError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
-
-
-def check(condition: bool, message: str) -> None:
-    """Raise :class:`HmfssError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise HmfssError(message)

@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from hmfss.training.distributed import DistInfo, all_reduce_sum, rng_state, set_rng_state, shard

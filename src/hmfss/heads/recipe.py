@@ -76,10 +76,6 @@ class Recipe:
         """The original batch size (episodes per step) for ``benchmark``."""
         return self.batch_sizes.get(benchmark or "", self.batch_size)
 
-    def epoch_budget(self, benchmark: str | None = None) -> int | None:
-        """The original number of epochs for ``benchmark`` (None: no fixed budget)."""
-        return self.epochs_per_benchmark.get(benchmark or "", self.epochs)
-
     def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
         """Optimiser parameter groups over the trainable parameters of ``module``."""
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]

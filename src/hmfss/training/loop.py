@@ -18,7 +18,6 @@ episode in the epoch), in the data-loading workers.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
@@ -41,7 +40,7 @@ from hmfss.evaluation.evaluate import evaluate
 from hmfss.evaluation.metrics import SegmentationMeter
 from hmfss.model import build_model
 from hmfss.training.config import TrainConfig, resolve, validate
-from hmfss.training.data import DataSetup, epoch_loader, setup_data
+from hmfss.training.data import epoch_loader, setup_data
 from hmfss.training.distributed import (
     DistInfo,
     all_reduce_sum,
