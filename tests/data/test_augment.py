@@ -250,7 +250,7 @@ def test_dataset_items_do_not_depend_on_the_workers(fss):
 
 
 def test_recipe_magnitudes_are_the_documented_defaults():
-    # albumentations 1.x defaults the original relied on (SPEC §5.2): written out explicitly
+    # albumentations 1.x defaults the original VAT code relied on: written out explicitly
     assert asdict(PhotometricAugmentation()) == {
         "p": 0.2, "ops": ("to_gray", "posterize", "equalize", "sharpen", "brightness_contrast", "solarize",
                           "color_jitter"),

@@ -249,3 +249,39 @@ def test_resume_refuses_an_optimizer_of_another_kind(bench, tmp_path):
     path.write_text(path.read_text().replace("optimizer: adam\n", "optimizer: adamw\n"))
     with pytest.raises(HmfssError, match="holds Adam optimizer state, but the run's config gives AdamW"):
         train(resume_config(tmp_path / "run", {"epochs": 2}), resume=True, console=False)
+
+
+def test_resolve_parses_the_augmentation_once_into_its_typed_form():
+    from hmfss.heads.recipe import PhotometricAugmentation
+    from hmfss.training.config import resolve
+
+    vat = resolve(TrainConfig(arch="vat", augmentation={"p": 0.5, "ops": ["solarize"]}))
+    assert vat.augmentation == PhotometricAugmentation(p=0.5, ops=("solarize",))
+    assert vat.config.augmentation["ops"] == ["solarize"]  # the YAML form config.yaml stores
+    assert resolve(vat.config) == vat
+    assert resolve(TrainConfig(arch="hsnet")).augmentation is None
+
+
+def test_optimizer_needs_a_resolved_config():
+    from hmfss import build_model
+    from hmfss.training.optim import build_optimizer
+
+    with pytest.raises(ValueError, match="resolved config"):
+        build_optimizer(build_model("hsnet", "efficientnet-lite0", "hm"), TrainConfig())
+
+
+def test_training_meter_scores_a_batch_like_single_episodes():
+    from hmfss.evaluation.metrics import SegmentationMeter
+
+    preds = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 0]]])
+    gts = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
+    meter = SegmentationMeter([0, 1], 2)
+    meter.add_batch([0, 1], preds, gts)
+    # episode 0: fg 1 of 2 pixels, bg 2 of 3; episode 1: nothing found, bg 3 of 4
+    assert meter.inter.T.tolist() == [[2.0, 1.0], [3.0, 0.0]]
+    assert meter.union.T.tolist() == [[3.0, 2.0], [4.0, 1.0]]
+    assert meter.bucket_episodes[3].tolist() == [1, 1]  # 50 % and 25 % foreground
+    saved = meter.arrays()
+    fresh = SegmentationMeter([0, 1], 2)
+    fresh.load_arrays({k: torch.as_tensor(v) for k, v in saved.items()})
+    assert fresh.summary() == meter.summary()

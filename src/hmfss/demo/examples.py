@@ -56,5 +56,6 @@ def _row(item: dict[str, Any], models: dict[str, torch.nn.Module]) -> list:
             pred = model.predict_mask(item["query_img"][None], item["support_imgs"][None],
                                       item["support_masks"][None])[0]
         inter, union = area_stats(pred, gt)
-        row.append((outline(query, pred.numpy() > 0.5, RED), f"{masking.upper()} IoU {100 * inter[1] / max(union[1], 1):.0f}"))
+        iou = 100 * inter[1] / max(union[1], 1)
+        row.append((outline(query, pred.numpy() > 0.5, RED), f"{masking.upper()} IoU {iou:.0f}"))
     return row

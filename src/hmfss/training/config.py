@@ -1,9 +1,9 @@
 """Training configuration: a dataclass, YAML / JSON reading and writing, CLI overrides, and
 the head's recipe filled in once.
 
-Precedence: dataclass defaults < ``--config FILE`` < command-line flags < nothing left unset:
-settings not given come from the head's recipe (:func:`resolve`). Every run directory holds
-the fully resolved configuration as ``config.yaml``; ``--resume RUN`` reads it back.
+Precedence: dataclass defaults < ``--config FILE`` < command-line flags; settings still unset
+then come from the head's recipe (:func:`resolve`). Every run directory holds the fully
+resolved configuration as ``config.yaml``; ``--resume RUN`` reads it back.
 """
 
 from __future__ import annotations

@@ -200,8 +200,9 @@ class Trainer:
         if info.enabled:
             # The frozen backbone's parameters do not require gradients, so DDP's reducer holds
             # only the head's; buffers (frozen BN statistics) are identical and not re-broadcast.
-            net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                          broadcast_buffers=False, find_unused_parameters=self.cfg.find_unused_parameters)
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
+                                          find_unused_parameters=self.cfg.find_unused_parameters)
         if self.cfg.compile:
             net = torch.compile(net)
         return net
@@ -254,8 +255,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{progress.sums[0] / max(progress.sums[1], 1):.4f}",
                                     mIoU=f"{progress.meter.miou():.1f}", refresh=False)
                 progress.seconds = elapsed + time.perf_counter() - tick
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
-                        and state.step < self.steps_per_epoch:
+                inside = state.step < self.steps_per_epoch  # the epoch end writes last.pt anyway
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and inside:
                     self.dir.save_last(self.model, self.parts.optimizer, self.parts.scaler, state, progress)
                 if self.stop_after_steps is not None and state.global_step >= self.stop_after_steps:
                     raise TrainingStopped(f"stopped after {state.global_step} steps (debug option)")
