@@ -53,6 +53,15 @@ def test_pascal_val_split(pascal):
     assert pascal_split(pascal.splits, 0, "val").entries == info.entries  # val = test, as the originals
 
 
+def test_classes_in_use(pascal, coco):
+    # the fold-0 val list of the tiny PASCAL set holds aeroplane and bicycle only
+    assert pascal_split(pascal.splits, 0, "test").classes_in_use == [0, 1]
+    # fold 1's training lists: folds 0, 2 and 3, each with all five of its classes
+    assert pascal_split(pascal.splits, 1, "trn").classes_in_use == [0, 1, 2, 3, 4] + list(range(10, 20))
+    # COCO draws the class first: every class of the fold, whatever the image lists hold
+    assert coco_split(coco.splits, 0, "test").classes_in_use == coco_class_ids(0, "test")
+
+
 def test_pascal_trn_split_concatenates_the_other_folds(pascal):
     info = pascal_split(pascal.splits, 1, "trn")
     names = [n for n, _ in info.entries]

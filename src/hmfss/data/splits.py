@@ -85,6 +85,15 @@ class SplitInfo:
     def class_name(self, class_id: int) -> str:
         return self.class_names[class_id]
 
+    @property
+    def classes_in_use(self) -> list[int]:
+        """Class ids the episodes of this split can have, ascending: ``class_ids`` for
+        class-first sampling (COCO draws the class first), else the classes of ``entries``
+        (a PASCAL list need not cover every class of its fold)."""
+        if self.sampling == "class-first":
+            return sorted(self.class_ids)
+        return sorted({c for _, c in self.entries})
+
 
 # ---- helpers ----------------------------------------------------------------------------------
 
