@@ -37,7 +37,7 @@ def test_fold_class_assignment():
     assert coco_class_ids(0, "test") == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76]
     assert coco_class_ids(3, "test")[:3] == [3, 7, 11]
     assert len(coco_class_ids(2, "trn")) == 60 and 2 not in coco_class_ids(2, "trn")
-    # class names of SPEC §7.1 / §7.2 (fold 0 and fold 3 of COCO)
+    # class names of the folds' test classes (PASCAL fold 2; COCO folds 0 and 3)
     assert [VOC_CLASSES[c] for c in pascal_class_ids(2, "test")] == ["diningtable", "dog", "horse", "motorbike", "person"]
     assert [COCO_CLASSES[c] for c in coco_class_ids(0, "test")][:4] == ["person", "airplane", "boat", "parking meter"]
     assert [COCO_CLASSES[c] for c in coco_class_ids(3, "test")][-3:] == ["sink", "vase", "toothbrush"]

@@ -1,4 +1,4 @@
-"""Benchmark split lists, class ids and fold assignment (SPEC §7).
+"""Benchmark split lists, class ids and fold assignment (see docs/protocol.md).
 
 A :class:`SplitInfo` describes one split of one benchmark (which classes are evaluated, which
 images belong to each class, in which order queries are taken) and is built from the split

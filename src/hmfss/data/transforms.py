@@ -1,4 +1,4 @@
-"""Image and mask transforms of the original loaders (SPEC §1.1, §11).
+"""Image and mask transforms of the original test loaders (see docs/protocol.md, "Inputs").
 
 Images: PIL bilinear resize to (size, size) (aspect ratio not kept), [0, 1], ImageNet
 normalisation. Masks: legacy ``F.interpolate(mode="nearest")``.

@@ -1,4 +1,4 @@
-"""ASNet learner (attentive squeeze network, iFSL fs-s, SPEC §3.3) and its support pooling.
+"""ASNet learner (attentive squeeze network, iFSL fs-s) and its support pooling.
 
 An attentive squeeze layer treats a correlation block (N, C, Hq, Wq, Hs, Ws) as Hq*Wq
 independent support planes. At every query position it runs global multi-head attention from
@@ -8,13 +8,13 @@ support positions blanked; the attended values are aggregated into Cout channels
 shortcut of the input, and followed by a position-wise feed-forward layer. Support dims shrink,
 query dims stay.
 
-Reproduced as the original has them (checkpoint compatibility, SPEC §9.3.13): the attention
+Reproduced as the original has them (so that its checkpoints give its results): the attention
 logits are *not* scaled by 1/sqrt(d), and a key is blanked (logit -1e9) iff the support mask,
 bilinearly resized (align_corners=True) to the key plane, is exactly 0 there.
 
 Support maps at least ``pool_threshold`` (50) wide are average-pooled (3x3, stride 2, pad 1)
 before any masking, for the support and the input-masked support alike. The original ASNet
-uses no feature masking (``masking="none"``); ASNet-HM masks after the pooling (SPEC §4.2).
+uses no feature masking (``masking="none"``); ASNet-HM masks after the pooling.
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ class SqueezeBlock(nn.Sequential):
 @register_head("asnet")
 class ASNetHead(Head):
     """ASNet learner. Option ``pool_threshold`` (default 50): support maps at least this wide
-    are average-pooled by 2 before masking and correlation.
+    are average-pooled by 2 before masking and correlation. ``levels``: the backbone's tapped
+    maps per correlation level (deepest first), the channels L_i of the input.
 
     Input: [level4, level3, level2] of (N, L_i, Hq, Wq, Hs, Ws); output (N, 2, 2*Hq2, 2*Wq2).
     """

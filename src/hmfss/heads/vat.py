@@ -1,4 +1,4 @@
-"""VAT learner (volumetric aggregation transformer, SPEC §3.2) and its feature handling.
+"""VAT learner (volumetric aggregation transformer) and its feature handling.
 
 Pipeline per 1-shot episode (N = B * shots correlation volumes):
 
@@ -13,7 +13,7 @@ Pipeline per 1-shot episode (N = B * shots correlation volumes):
 * the support dims are averaged out, and a three-stage 2D Swin decoder (32 -> 64 -> 128) with
   skip features projected from the query's backbone maps produces (N, 2, 128, 128) logits.
 
-Support masking happens where the published models put it (SPEC §4.2): with masking ``fm``
+Support masking happens where the published models put it: with masking ``fm``
 (original VAT) the support maps are masked after the fixed-size resize; the hybrid family
 (``hm`` and its ablations) masks at the backbone's own resolution and resizes afterwards
 (VAT-HM). The option ``mask_at`` ("auto", "resized", "raw") overrides this.
@@ -163,8 +163,9 @@ class VATHead(Head):
     features the decoder uses, and the default image size 473 / 417 / 473) and ``mask_at``
     ("auto" | "resized" | "raw": where support masking happens, see the module docstring).
 
-    Input: [level4, level3, level2] of (N, L_i, S, S, S, S) with S = 16, 32, 64; output
-    (N, 2, 128, 128).
+    ``levels``: the backbone's tapped maps per correlation level (deepest first), i.e. the
+    channels L_i of the input. Input: [level4, level3, level2] of (N, L_i, S, S, S, S) with
+    S = 16, 32, 64; output (N, 2, 128, 128).
     """
 
     original_prefix = "hpn_learner.ours."
