@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmfss.heads.volume import resize_query_dims  # noqa: F401 (the (N, C, ...) layout's resize, shared)
+
 
 def to_channels_last(x: Tensor) -> Tensor:
     """(N, C, Hq, Wq, Hs, Ws) -> contiguous (N, Hq, Wq, Hs, Ws, C)."""
