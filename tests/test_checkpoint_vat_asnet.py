@@ -38,7 +38,7 @@ def as_cuda_file(data: bytes, path):
 
 # ---- VAT ---------------------------------------------------------------------------------------
 
-# our head key -> the original key (SPEC §8.2), written independently of the head's own mapping
+# our head key -> the original key (docs/checkpoints.md), written independently of the head's own mapping
 TO_ORIGINAL = [
     (r"^encoders\.(\d)\.(\d)\.conv\.", r"encoders.\1.conv4d.\2.0."),
     (r"^encoders\.(\d)\.(\d)\.norm\.", r"encoders.\1.conv4d.\2.1."),
@@ -113,7 +113,7 @@ def vat_small():
 def test_vat_original_layout_has_the_documented_learner_keys(vat_pascal):
     state = vat_original_state(vat_pascal)
     learner = {k[len("module.hpn_learner.ours."):]: v for k, v in state.items() if "hpn_learner" in k}
-    assert len(learner) == 271  # SPEC §8.2, PASCAL R50
+    assert len(learner) == 271  # the original VAT learner, PASCAL R50
     shapes = {
         "encoders.0.conv4d.0.0.query_conv.weight": (64, 3, 3, 3),
         "encoders.2.conv4d.2.1.weight": (128,),

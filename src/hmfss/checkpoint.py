@@ -2,11 +2,12 @@
 
 hmfss checkpoints are a dict ``{"format": "hmfss", "version": 1, "config": ModelConfig dict,
 "model": state_dict, ...extra}`` written atomically (temp file + rename). Original checkpoints
-are plain ``module.``-prefixed state_dicts (HSNet, SPEC §8.1) or dicts with a ``state_dict``
-entry: VAT's ``{epoch, state_dict, optimizer, scheduler, val_miou}`` (§8.2) and ASNet's
-PyTorch-Lightning 1.3 ``.ckpt`` files (§8.3), whose pickled callback / argument objects become
+are plain ``module.``-prefixed state_dicts (HSNet) or dicts with a ``state_dict`` entry:
+VAT's ``{epoch, state_dict, optimizer, scheduler, val_miou}`` and ASNet's
+PyTorch-Lightning 1.3 ``.ckpt`` files, whose pickled callback / argument objects become
 inert placeholders. Each head maps its original key names (``Head.convert_original_state``).
-Nothing is ever unpickled beyond tensors and plain containers.
+Nothing is ever unpickled beyond tensors and plain containers. Formats and key conversion
+rules: docs/checkpoints.md.
 """
 
 from __future__ import annotations

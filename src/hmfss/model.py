@@ -317,7 +317,7 @@ def build_model(
     head_cls = HEADS[arch]
     options = {**head_cls.benchmark_options(None), **options}  # recorded: checkpoints name their variant
     net = build_backbone(backbone, backbone_weights, extra_shallow=head_cls.extra_shallow)
-    head = head_cls(in_channels=net.info.levels, backbone_info=net.info, **options)
+    head = head_cls(levels=net.info.levels, backbone_info=net.info, **options)
     img_size = img_size or head_cls.default_img_size(**options)
     config = ModelConfig(arch, backbone, masking, img_size, dict(options))
     return FewShotSegmenter(net, head, config)

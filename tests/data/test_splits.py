@@ -37,7 +37,7 @@ def test_fold_class_assignment():
     assert coco_class_ids(0, "test") == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64, 68, 72, 76]
     assert coco_class_ids(3, "test")[:3] == [3, 7, 11]
     assert len(coco_class_ids(2, "trn")) == 60 and 2 not in coco_class_ids(2, "trn")
-    # class names of SPEC §7.1 / §7.2 (fold 0 and fold 3 of COCO)
+    # class names of the folds' test classes (PASCAL fold 2; COCO folds 0 and 3)
     assert [VOC_CLASSES[c] for c in pascal_class_ids(2, "test")] == ["diningtable", "dog", "horse", "motorbike", "person"]
     assert [COCO_CLASSES[c] for c in coco_class_ids(0, "test")][:4] == ["person", "airplane", "boat", "parking meter"]
     assert [COCO_CLASSES[c] for c in coco_class_ids(3, "test")][-3:] == ["sink", "vase", "toothbrush"]
@@ -51,6 +51,15 @@ def test_pascal_val_split(pascal):
     assert info.classwise[1] == ["2009_000001", "2009_000002", "2010_000001"]
     assert info.default_episodes == 1000 and info.sampling == "query-order"
     assert pascal_split(pascal.splits, 0, "val").entries == info.entries  # val = test, as the originals
+
+
+def test_classes_in_use(pascal, coco):
+    # the fold-0 val list of the tiny PASCAL set holds aeroplane and bicycle only
+    assert pascal_split(pascal.splits, 0, "test").classes_in_use == [0, 1]
+    # fold 1's training lists: folds 0, 2 and 3, each with all five of its classes
+    assert pascal_split(pascal.splits, 1, "trn").classes_in_use == [0, 1, 2, 3, 4] + list(range(10, 20))
+    # COCO draws the class first: every class of the fold, whatever the image lists hold
+    assert coco_split(coco.splits, 0, "test").classes_in_use == coco_class_ids(0, "test")
 
 
 def test_pascal_trn_split_concatenates_the_other_folds(pascal):

@@ -24,7 +24,7 @@ def test_recipe_and_options():
 
 
 def test_state_dict_keys_follow_the_original_learner():
-    """SPEC §8.3: 222 learner keys for R50; identity shortcut in the first mixing layers."""
+    """The original ASNet learner has 222 keys for R50; identity shortcut in the first mixing layers."""
     keys = list(ASNetHead((3, 6, 4)).state_dict())
     assert len(keys) == 222
     assert "encoder_layer4to3.0.attn.short_cut.0.weight" not in keys

@@ -14,7 +14,7 @@ def test_learnable_parameter_counts_equal_the_original(backbone, count):
 
 
 def test_layer_shapes_resnet50_at_400():
-    head = HSNetHead(in_channels=(3, 6, 4))
+    head = HSNetHead(levels=(3, 6, 4))
     shapes = []
     for module in head.modules():
         if isinstance(module, CenterPivotConv4d):

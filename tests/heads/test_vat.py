@@ -19,10 +19,10 @@ def pascal_head():
     return VATHead(R50.levels, backbone_info=R50)
 
 
-# SPEC §10.1 counts the original's parameters including modules it never uses:
+# The original VAT's parameter counts include modules it never uses:
 # proj_query_feat.0 = 1024*64 + 64 = 65,600 (unused for PASCAL and COCO),
 # proj_query_feat.1 = 512*32 + 32 = 16,416 (unused for COCO), three 4D-Swin final norms 3 * 256 = 768.
-SPEC_TOTAL = {
+ORIGINAL_TOTAL = {
     ("pascal", "resnet50"): 3_180_954,
     ("pascal", "resnet101"): 3_200_538,
     ("coco", "resnet50"): 3_006_490,
@@ -32,9 +32,9 @@ SPEC_TOTAL = {
 DEAD = {"pascal": 65_600 + 768, "coco": 65_600 + 16_416 + 768, "fss": 768}
 
 
-@pytest.mark.parametrize("bench,backbone", list(SPEC_TOTAL))
+@pytest.mark.parametrize("bench,backbone", list(ORIGINAL_TOTAL))
 def test_parameter_counts_are_the_original_minus_its_unused_modules(bench, backbone):
-    expected = SPEC_TOTAL[bench, backbone] - DEAD[bench]
+    expected = ORIGINAL_TOTAL[bench, backbone] - DEAD[bench]
     info = R50 if backbone == "resnet50" else R101
     with torch.device("meta"):
         head = VATHead(info.levels, backbone_info=info, benchmark=bench)
@@ -78,7 +78,8 @@ def test_recipe(pascal_head):
 
 
 def naive_relative_index(window, ndim):
-    """Pairwise index by the SPEC formula, token coordinates from divmod."""
+    """Pairwise index by the Swin formula (offsets shifted to >= 0, mixed radix 2w-1), token
+    coordinates from divmod."""
     tokens = list(itertools.product(range(window), repeat=ndim))
     base = 2 * window - 1
     index = torch.zeros(len(tokens), len(tokens), dtype=torch.long)
@@ -116,7 +117,7 @@ def test_relative_position_index_2d_and_4d(pascal_head):
     idx2 = naive_relative_index(8, 2)
     for stage in pascal_head.decoder_stages:
         assert torch.equal(stage.swin.relative_position_index, idx2)
-    # SPEC: (dHq+3)*343 + (dWq+3)*49 + (dHs+3)*7 + (dWs+3); token 0 vs token 255 = (-3,-3,-3,-3)
+    # (dHq+3)*343 + (dWq+3)*49 + (dHs+3)*7 + (dWs+3); token 0 vs token 255 = (-3,-3,-3,-3)
     assert idx4[0, 255] == 0 and idx4[255, 0] == 2400
 
 

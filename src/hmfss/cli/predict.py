@@ -68,7 +68,7 @@ def load_support_set(pairs: list[list[str]], size: int):
     import torch
 
     from hmfss.data.io import read_image, read_mask
-    from hmfss.data.transforms import image_to_tensor, resize_mask
+    from hmfss.data.transforms import image_to_tensor, resize_mask_nearest
     from hmfss.errors import HmfssError
 
     images, masks = [], []
@@ -82,7 +82,7 @@ def load_support_set(pairs: list[list[str]], size: int):
             )
         if not mask.any():
             raise HmfssError(f"support mask {mask_path} is empty (no foreground pixel)")
-        resized = resize_mask(mask, size)
+        resized = resize_mask_nearest(mask, size)
         if not resized.any():
             raise HmfssError(f"support mask {mask_path} vanishes when resized to {size}x{size}; the object is too small")
         images.append(image_to_tensor(img, size))

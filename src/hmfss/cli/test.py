@@ -1,7 +1,7 @@
 """``hmfss test``: evaluate a checkpoint on a few-shot benchmark (mIoU, FB-IoU, breakdowns).
 
 Episodes come from the split lists (``hmfss episodes`` prints the same ones); metrics follow
-the original protocol (SPEC §6.4). Prints a compact table; ``--json`` writes every figure.
+the original protocol (docs/protocol.md). Prints a compact table; ``--json`` writes every figure.
 """
 
 from __future__ import annotations

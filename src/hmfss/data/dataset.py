@@ -33,7 +33,7 @@ from hmfss.heads.recipe import PhotometricAugmentation
 from hmfss.data.augment import photometric_augment
 from hmfss.data.episodes import Episode
 from hmfss.data.readers import Reader
-from hmfss.data.transforms import image_to_tensor, resize_mask
+from hmfss.data.transforms import image_to_tensor, resize_mask_nearest
 
 _STACKED = ("query_img", "query_mask", "query_ignore", "support_imgs", "support_masks")
 
@@ -79,13 +79,13 @@ class EpisodeDataset(Dataset):
         item: dict[str, Any] = {
             "index": index,
             "query_img": image_to_tensor(query_image, size),
-            "query_mask": resize_mask(query.mask, size),
-            "query_ignore": (resize_mask(ignore, size) > 0) if ignore is not None
+            "query_mask": resize_mask_nearest(query.mask, size),
+            "query_ignore": (resize_mask_nearest(ignore, size) > 0) if ignore is not None
             else torch.zeros(size, size, dtype=torch.bool),
             "query_name": ep.query,
             "class_id": ep.class_id,
             "support_imgs": torch.stack([image_to_tensor(image, size) for image in support_images]),
-            "support_masks": torch.stack([resize_mask(s.mask, size) for s in supports]),
+            "support_masks": torch.stack([resize_mask_nearest(s.mask, size) for s in supports]),
             "support_names": list(ep.supports),
             "org_query_size": query.size,
         }

@@ -53,12 +53,6 @@ def default_protocol(benchmark: str) -> str:
     return "seeded" if benchmark == "folder" else "hsnet"
 
 
-def used_classes(info: SplitInfo) -> list[int]:
-    """The classes a split's episodes can show: every listed class when classes are sampled
-    first (COCO), else the classes of its entries, sorted."""
-    return list(info.class_ids) if info.sampling == "class-first" else sorted({c for _, c in info.entries})
-
-
 def _legacy_pick(rng: np.random.RandomState, pool: list) -> object:
     """Same stream consumption and result as ``rng.choice(pool, 1, replace=False)[0]``."""
     return pool[int(rng.permutation(len(pool))[0])]
@@ -119,7 +113,7 @@ def make_episodes(info: SplitInfo, nshot: int = 1, episodes: int | None = None, 
         raise HmfssError(f"--episodes must be at least 1, got {count}")
     if not info.entries or not info.class_ids:
         raise HmfssError(f"the {info.benchmark} {info.split} split has no images")
-    _check_pools(info, used_classes(info))
+    _check_pools(info, info.classes_in_use)
     if protocol == "hsnet":
         rng = np.random.RandomState(seed)
         return [_legacy_episode(rng, info, i, nshot) for i in range(count)]

@@ -1,4 +1,4 @@
-"""Readers for the on-disk layouts of the benchmarks (SPEC §7).
+"""Readers for the on-disk layouts of the benchmarks (see docs/protocol.md).
 
 A reader maps an episode name (as in the split lists) to its image and mask files and loads
 one (image, binary mask, ignore map) triple for a class::

@@ -12,14 +12,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from hmfss.data.episodes import Episode, used_classes
+from hmfss.data.episodes import Episode
 from hmfss.data.splits import SplitInfo
 from hmfss.errors import HmfssError
 
 
 def heldout_split(info: SplitInfo, ratio: float, seed: int) -> tuple[SplitInfo, SplitInfo]:
     """Split the training classes of ``info`` into (train, held-out) infos, seeded."""
-    ids = used_classes(info)
+    ids = info.classes_in_use
     if len(ids) < 2:
         raise HmfssError(f"--val-split heldout needs at least 2 training classes, {info.benchmark} has {len(ids)}")
     count = min(len(ids) - 1, max(1, int(round(ratio * len(ids)))))

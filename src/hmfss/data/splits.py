@@ -1,4 +1,4 @@
-"""Benchmark split lists, class ids and fold assignment (SPEC §7).
+"""Benchmark split lists, class ids and fold assignment (see docs/protocol.md).
 
 A :class:`SplitInfo` describes one split of one benchmark (which classes are evaluated, which
 images belong to each class, in which order queries are taken) and is built from the split
@@ -84,6 +84,15 @@ class SplitInfo:
 
     def class_name(self, class_id: int) -> str:
         return self.class_names[class_id]
+
+    @property
+    def classes_in_use(self) -> list[int]:
+        """Class ids the episodes of this split can have, ascending: ``class_ids`` for
+        class-first sampling (COCO draws the class first), else the classes of ``entries``
+        (a PASCAL list need not cover every class of its fold)."""
+        if self.sampling == "class-first":
+            return sorted(self.class_ids)
+        return sorted({c for _, c in self.entries})
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Image and mask transforms of the original loaders (SPEC §1.1, §11).
+"""Image and mask transforms of the original test loaders (see docs/protocol.md, "Inputs").
 
 Images: PIL bilinear resize to (size, size) (aspect ratio not kept), [0, 1], ImageNet
 normalisation. Masks: legacy ``F.interpolate(mode="nearest")``.
@@ -32,7 +32,7 @@ def denormalise(img: Tensor) -> Tensor:
     return (img * _STD.to(img) + _MEAN.to(img)).clamp(0, 1)
 
 
-def resize_mask(mask: Tensor | np.ndarray, size: int | tuple[int, int]) -> Tensor:
+def resize_mask_nearest(mask: Tensor | np.ndarray, size: int | tuple[int, int]) -> Tensor:
     """(H, W) mask -> (size, size) float tensor with legacy nearest interpolation."""
     h, w = (size, size) if isinstance(size, int) else size
     mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).float()

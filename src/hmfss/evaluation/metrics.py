@@ -1,4 +1,5 @@
-"""Few-shot segmentation metrics (those of HSNet and its successors) and per-size breakdowns.
+"""Few-shot segmentation metrics of the original test code and per-size breakdowns
+(docs/protocol.md).
 
 Per episode, the binary prediction and ground truth give intersection and union for the two
 labels (0 = background, 1 = foreground), not counting ignored pixels (PASCAL 255 boundaries).

@@ -1,4 +1,4 @@
-"""ASNet learner (attentive squeeze network, iFSL fs-s, SPEC §3.3) and its support pooling.
+"""ASNet learner (attentive squeeze network, iFSL fs-s) and its support pooling.
 
 An attentive squeeze layer treats a correlation block (N, C, Hq, Wq, Hs, Ws) as Hq*Wq
 independent support planes. At every query position it runs global multi-head attention from
@@ -8,13 +8,13 @@ support positions blanked; the attended values are aggregated into Cout channels
 shortcut of the input, and followed by a position-wise feed-forward layer. Support dims shrink,
 query dims stay.
 
-Reproduced as the original has them (checkpoint compatibility, SPEC §9.3.13): the attention
+Reproduced as the original has them (so that its checkpoints give its results): the attention
 logits are *not* scaled by 1/sqrt(d), and a key is blanked (logit -1e9) iff the support mask,
 bilinearly resized (align_corners=True) to the key plane, is exactly 0 there.
 
 Support maps at least ``pool_threshold`` (50) wide are average-pooled (3x3, stride 2, pad 1)
 before any masking, for the support and the input-masked support alike. The original ASNet
-uses no feature masking (``masking="none"``); ASNet-HM masks after the pooling (SPEC §4.2).
+uses no feature masking (``masking="none"``); ASNet-HM masks after the pooling.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from hmfss.masking import mask_support_features
 from hmfss.heads.base import Head, register_head
 from hmfss.heads.hsnet import decode, hsnet_decoder
 from hmfss.heads.recipe import ASNET_RECIPE
+from hmfss.heads.volume import resize_query_dims
 
-HEADS = 8
+ATTENTION_HEADS = 8
 GROUPS = 4
 MASKED_LOGIT = -1e9
 
@@ -43,12 +44,12 @@ def _plane_conv(cin: int, cout: int, kernel: int, stride: int, padding: int, bia
     return nn.Conv3d(cin, cout, (1, kernel, kernel), (1, stride, stride), (0, padding, padding), bias=bias)
 
 
-def run(module: nn.Module, x: Tensor) -> Tensor:
+def apply_pointwise_as_matmul(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)``, with 1x1x1 convolutions (also inside Sequentials) done as one matmul:
     the same arithmetic, several times faster than a 3D convolution on the CPU."""
     if isinstance(module, nn.Sequential):
         for child in module:
-            x = run(child, x)
+            x = apply_pointwise_as_matmul(child, x)
         return x
     if isinstance(module, nn.Conv3d) and module.kernel_size == (1, 1, 1) and module.stride == (1, 1, 1):
         n, c = x.shape[:2]
@@ -65,8 +66,8 @@ class AttentiveSqueeze(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, pool_kv: bool):
         super().__init__()
         hidden = cout // 2
-        if hidden % HEADS:
-            raise ValueError(f"half of the output channels ({hidden}) must be divisible by {HEADS}")
+        if hidden % ATTENTION_HEADS:
+            raise ValueError(f"half of the output channels ({hidden}) must be divisible by {ATTENTION_HEADS}")
         # identity shortcut only where the layer keeps the channels and the plane size
         keeps_size = math.floor((2 * padding - kernel) / stride) == -1
         if cin == cout and keeps_size:
@@ -92,22 +93,22 @@ class AttentiveSqueeze(nn.Module):
 
     def forward(self, x: Tensor, support_mask: Tensor) -> Tensor:
         """x (N, Cin, T, Hs, Ws), support_mask (N, H, W) -> (N, Cout, T, Hs', Ws')."""
-        shortcut = run(self.short_cut, x)
-        q, k, v = run(self.qhead, x), run(self.khead, x), run(self.vhead, x)
+        shortcut = apply_pointwise_as_matmul(self.short_cut, x)
+        q, k, v = (apply_pointwise_as_matmul(conv, x) for conv in (self.qhead, self.khead, self.vhead))
         n, hidden, t, hq, wq = q.shape
         hk, wk = k.shape[-2:]
-        d = hidden // HEADS
+        d = hidden // ATTENTION_HEADS
         # (N, heads, T, positions, d): one attention problem per (episode, head, query position)
-        q = q.view(n, HEADS, d, t, hq * wq).permute(0, 1, 3, 4, 2)
-        k = k.view(n, HEADS, d, t, hk * wk).permute(0, 1, 3, 2, 4)
-        v = v.view(n, HEADS, d, t, hk * wk).permute(0, 1, 3, 4, 2)
+        q = q.view(n, ATTENTION_HEADS, d, t, hq * wq).permute(0, 1, 3, 4, 2)
+        k = k.view(n, ATTENTION_HEADS, d, t, hk * wk).permute(0, 1, 3, 2, 4)
+        v = v.view(n, ATTENTION_HEADS, d, t, hk * wk).permute(0, 1, 3, 4, 2)
         logits = q @ k  # (N, heads, T, Lq, Lk), no 1/sqrt(d) scaling
         key_mask = F.interpolate(support_mask.unsqueeze(1).float(), (hk, wk), mode="bilinear", align_corners=True)
         blank = (key_mask == 0).view(n, 1, 1, 1, hk * wk)
         logits = logits.masked_fill(blank, MASKED_LOGIT)
         out = logits.softmax(dim=-1) @ v  # (N, heads, T, Lq, d)
         out = out.permute(0, 1, 4, 2, 3).reshape(n, hidden, t, hq, wq)
-        return self.out_norm(run(self.agg, out) + shortcut)
+        return self.out_norm(apply_pointwise_as_matmul(self.agg, out) + shortcut)
 
 
 class FeedForward(nn.Module):
@@ -124,7 +125,7 @@ class FeedForward(nn.Module):
         self.out_norm = nn.GroupNorm(GROUPS, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_norm(run(self.ff, x) + x)
+        return self.out_norm(apply_pointwise_as_matmul(self.ff, x) + x)
 
 
 class AttentiveSqueezeLayer(nn.Module):
@@ -157,20 +158,11 @@ class SqueezeBlock(nn.Sequential):
         return x
 
 
-def resize_query_plane(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=True) resize of the query dims of (N, C, Hq, Wq, Hs, Ws)."""
-    n, c, hq, wq, hs, ws = x.shape
-    if (hq, wq) == tuple(size):
-        return x
-    planes = x.permute(0, 1, 4, 5, 2, 3).reshape(n, c * hs * ws, hq, wq)
-    planes = F.interpolate(planes, tuple(size), mode="bilinear", align_corners=True)
-    return planes.view(n, c, hs, ws, *size).permute(0, 1, 4, 5, 2, 3)
-
-
 @register_head("asnet")
 class ASNetHead(Head):
     """ASNet learner. Option ``pool_threshold`` (default 50): support maps at least this wide
-    are average-pooled by 2 before masking and correlation.
+    are average-pooled by 2 before masking and correlation. ``levels``: the backbone's tapped
+    maps per correlation level (deepest first), the channels L_i of the input.
 
     Input: [level4, level3, level2] of (N, L_i, Hq, Wq, Hs, Ws); output (N, 2, 2*Hq2, 2*Wq2).
     """
@@ -180,7 +172,7 @@ class ASNetHead(Head):
 
     def __init__(
         self,
-        in_channels: tuple[int, int, int],
+        levels: tuple[int, int, int],
         backbone_info: BackboneInfo | None = None,
         pool_threshold: int = 50,
         **options: Any,
@@ -189,7 +181,7 @@ class ASNetHead(Head):
         if options:
             raise HmfssError(f"unknown ASNet option(s): {', '.join(sorted(options))}")
         self.pool_threshold = int(pool_threshold)
-        l4, l3, l2 = in_channels
+        l4, l3, l2 = levels
         self.encoder_layer4 = SqueezeBlock(l4, [32, 128], [5, 3], [4, 2])
         self.encoder_layer3 = SqueezeBlock(l3, [32, 128], [5, 5], [4, 4], pool_kv=True)
         self.encoder_layer2 = SqueezeBlock(l2, [32, 128], [5, 5], [4, 4], pool_kv=True)
@@ -215,7 +207,7 @@ class ASNetHead(Head):
         sqz3 = self.encoder_layer3(corr[1], support_mask)
         sqz2 = self.encoder_layer2(corr[2], support_mask)
         sqz4 = sqz4.mean(dim=(-2, -1), keepdim=True)
-        mix43 = self.encoder_layer4to3(resize_query_plane(sqz4, sqz3.shape[2:4]) + sqz3, support_mask)
-        mix432 = self.encoder_layer3to2(resize_query_plane(mix43, sqz2.shape[2:4]) + sqz2, support_mask)
+        mix43 = self.encoder_layer4to3(resize_query_dims(sqz4, sqz3.shape[2:4]) + sqz3, support_mask)
+        mix432 = self.encoder_layer3to2(resize_query_dims(mix43, sqz2.shape[2:4]) + sqz2, support_mask)
         # support dims are 1x1 at the original sizes; averaging generalises the squeeze
         return decode(self.decoder1, self.decoder2, mix432.mean(dim=(-2, -1)))

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmfss.heads.volume import resize_query_dims  # noqa: F401 (the (N, C, ...) layout's resize, shared)
+
 
 def to_channels_last(x: Tensor) -> Tensor:
     """(N, C, Hq, Wq, Hs, Ws) -> contiguous (N, Hq, Wq, Hs, Ws, C)."""
@@ -70,13 +72,9 @@ def _conv_support_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
     return out if conv.bias is None else out.add_(conv.bias.to(out.dtype))
 
 
-def resize_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly (align_corners=True) resize the query dims of (N, C, Hq, Wq, Hs, Ws)."""
-    return from_channels_last(resize_query_dims_cl(to_channels_last(x), size))
-
-
 def resize_query_dims_cl(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Same on (N, Hq, Wq, Hs, Ws, C): every (support position, channel) is one plane."""
+    """:func:`hmfss.heads.volume.resize_query_dims` on channels-last (N, Hq, Wq, Hs, Ws, C):
+    every (support position, channel) is one bilinearly resized (align_corners=True) plane."""
     n, hq, wq, hs, ws, c = x.shape
     if (hq, wq) == tuple(size):
         return x

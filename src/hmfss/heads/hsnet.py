@@ -73,11 +73,11 @@ class HSNetHead(Head):
     query_major_corr = True
     channels_last_features = True
 
-    def __init__(self, in_channels: tuple[int, int, int], backbone_info: Any = None, **options: Any):
+    def __init__(self, levels: tuple[int, int, int], backbone_info: Any = None, **options: Any):
         super().__init__()
         if options:
             raise HmfssError(f"unknown HSNet option(s): {', '.join(sorted(options))} (HSNet has none)")
-        l4, l3, l2 = in_channels
+        l4, l3, l2 = levels
         self.encoder_layer4 = squeeze_block(l4, [16, 64, 128], [3, 3, 3], [2, 2, 2])
         self.encoder_layer3 = squeeze_block(l3, [16, 64, 128], [5, 3, 3], [4, 2, 2])
         self.encoder_layer2 = squeeze_block(l2, [16, 64, 128], [5, 5, 3], [4, 4, 2])

@@ -1,4 +1,5 @@
-"""Training recipes of the original models (SPEC §5.2), as data the trainer reads.
+"""Training recipes of the original models (their published training settings), as data the
+trainer reads.
 
 Every head class carries a :class:`Recipe` as its ``recipe`` attribute. The defaults are
 HSNet's (Adam, lr 1e-3, no weight decay, constant schedule, 400x400 images, no augmentation).
@@ -25,7 +26,7 @@ class PhotometricAugmentation:
     ±``contrast_limit``, for uint8 images); solarize (invert pixels >= ``solarize_threshold``);
     colour jitter (brightness, contrast, saturation factors in 1 ± value, hue shift in
     ±``jitter_hue`` of a turn, the four in random order). The values are those of
-    albumentations 1.x's defaults, which the original relied on (SPEC §5.2, §12.8).
+    albumentations 1.x's defaults, which the original relied on without setting them.
     Geometric augmentation is off in every shipped configuration. Masks are not changed.
     Applied by :func:`hmfss.data.augment.photometric_augment` (plain torch).
     """

@@ -1,4 +1,4 @@
-"""Shifted-window self-attention over a D-dimensional token grid (VAT, SPEC §3.2).
+"""Shifted-window self-attention over a D-dimensional token grid (VAT's transformer).
 
 VAT uses the same transformer twice: over 4D correlation volumes (Hq, Wq, Hs, Ws) and, as a
 2D decoder, over image-like maps (H, W). Both are handled here for any number of grid dims D.

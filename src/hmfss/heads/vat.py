@@ -1,4 +1,4 @@
-"""VAT learner (volumetric aggregation transformer, SPEC §3.2) and its feature handling.
+"""VAT learner (volumetric aggregation transformer) and its feature handling.
 
 Pipeline per 1-shot episode (N = B * shots correlation volumes):
 
@@ -13,7 +13,7 @@ Pipeline per 1-shot episode (N = B * shots correlation volumes):
 * the support dims are averaged out, and a three-stage 2D Swin decoder (32 -> 64 -> 128) with
   skip features projected from the query's backbone maps produces (N, 2, 128, 128) logits.
 
-Support masking happens where the published models put it (SPEC §4.2): with masking ``fm``
+Support masking happens where the published models put it: with masking ``fm``
 (original VAT) the support maps are masked after the fixed-size resize; the hybrid family
 (``hm`` and its ablations) masks at the backbone's own resolution and resizes afterwards
 (VAT-HM). The option ``mask_at`` ("auto", "resized", "raw") overrides this.
@@ -40,6 +40,7 @@ from hmfss.masking import mask_support_features
 from hmfss.heads.base import Head, register_head
 from hmfss.heads.recipe import VAT_RECIPE
 from hmfss.heads.swin import SwinStage
+from hmfss.heads.volume import resize_query_dims
 
 # skip features concatenated at decoder stage 0 / 1 / 2, per benchmark
 AFFINITY = {"pascal": (False, True, True), "coco": (False, False, True), "fss": (True, True, True)}
@@ -53,14 +54,6 @@ def resize_map(feat: Tensor, size: int) -> Tensor:
     if tuple(feat.shape[-2:]) == (size, size):
         return feat
     return F.interpolate(feat, (size, size), mode="bilinear", align_corners=True)
-
-
-def upsample_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=True) resize of the query dims of (N, C, Hq, Wq, Hs, Ws)."""
-    n, c, hq, wq, hs, ws = x.shape
-    planes = x.permute(0, 1, 4, 5, 2, 3).reshape(n, c * hs * ws, hq, wq)
-    planes = F.interpolate(planes, size, mode="bilinear", align_corners=True)
-    return planes.view(n, c, hs, ws, *size).permute(0, 1, 4, 5, 2, 3)
 
 
 class VolumeConv4d(nn.Module):
@@ -170,8 +163,9 @@ class VATHead(Head):
     features the decoder uses, and the default image size 473 / 417 / 473) and ``mask_at``
     ("auto" | "resized" | "raw": where support masking happens, see the module docstring).
 
-    Input: [level4, level3, level2] of (N, L_i, S, S, S, S) with S = 16, 32, 64; output
-    (N, 2, 128, 128).
+    ``levels``: the backbone's tapped maps per correlation level (deepest first), i.e. the
+    channels L_i of the input. Input: [level4, level3, level2] of (N, L_i, S, S, S, S) with
+    S = 16, 32, 64; output (N, 2, 128, 128).
     """
 
     original_prefix = "hpn_learner.ours."
@@ -183,7 +177,7 @@ class VATHead(Head):
 
     def __init__(
         self,
-        in_channels: tuple[int, int, int],
+        levels: tuple[int, int, int],
         backbone_info: BackboneInfo | None = None,
         benchmark: str = "pascal",
         mask_at: str = "auto",
@@ -202,7 +196,7 @@ class VATHead(Head):
             raise HmfssError("VAT needs a backbone with an extra shallow map (a ResNet)")
         self.benchmark, self.mask_at = benchmark, mask_at
         self.affinity = AFFINITY[benchmark]
-        self.levels = tuple(in_channels)
+        self.levels = tuple(levels)
         l4, l3, l2 = self.levels
         channels = backbone_info.channels
         # query maps per level: [extra, shallow (l2), middle (l3), deep (l4)]
@@ -297,10 +291,10 @@ class VATHead(Head):
 
     def forward(self, corr: list[Tensor], *, query_feats: list[Tensor], shots: int = 1, **context) -> Tensor:
         x = self.transformers[0](self.encoders[0](corr[0]))
-        x = upsample_query_dims(x, (16, 16))
+        x = resize_query_dims(x, (16, 16))
         x += self.encoders[1](corr[1])
         x = self.transformers[1](x)
-        x = upsample_query_dims(x, (32, 32))
+        x = resize_query_dims(x, (32, 32))
         x += self.encoders[2](corr[2])
         x = self.transformers[2](x)
         x = x.mean(dim=(-2, -1))  # (N, 128, 32, 32)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hmfss.data.dataset import EpisodeDataset, collate_episodes
-from hmfss.data.episodes import Episode, default_protocol, make_episodes, used_classes
+from hmfss.data.episodes import Episode, default_protocol, make_episodes
 from hmfss.data.readers import Reader, make_reader
 from hmfss.data.sampling import heldout_split
 from hmfss.data.splits import SplitInfo, load_split
@@ -30,7 +30,7 @@ def setup_data(cfg: TrainConfig) -> DataSetup:
     train = _load_split(cfg, "trn")
     if cfg.val_split == "heldout":
         train, val = heldout_split(train, cfg.heldout_ratio, cfg.heldout_seed)
-        names = ", ".join(val.class_name(c) for c in used_classes(val))
+        names = ", ".join(val.class_name(c) for c in val.classes_in_use)
         description = (f"held-out training classes ({cfg.heldout_ratio:g} of them, seed {cfg.heldout_seed}, "
                        f"removed from training): {names}")
         protocol = cfg.val_protocol or "seeded"

@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from hmfss.data.augment import describe_augmentation
 from hmfss.data.dataset import EpisodeDataset, episode_loader
-from hmfss.data.episodes import used_classes
 from hmfss.data.sampling import augmentation_seeds, training_episodes
 from hmfss.data.splits import SplitInfo
 from hmfss.errors import HmfssError
@@ -85,7 +84,7 @@ def model_from_config(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def _new_meter(info: SplitInfo) -> SegmentationMeter:
-    return SegmentationMeter(used_classes(info), info.n_classes, info.class_names)
+    return SegmentationMeter(info.classes_in_use, info.n_classes, info.class_names)
 
 
 def _rates(sums: np.ndarray, seconds: float) -> tuple[float, float]:
@@ -177,7 +176,7 @@ class Trainer:
         if self.resume:
             log.info(f"resuming at epoch {state.epoch + 1} step {state.step} (global step {state.global_step}), "
                      f"best val mIoU so far {max(state.best_miou, 0):.2f}")
-        log.info(f"training: {cfg.benchmark} {len(used_classes(self.data.train_info))} classes, {self.epoch_size} "
+        log.info(f"training: {cfg.benchmark} {len(self.data.train_info.classes_in_use)} classes, {self.epoch_size} "
                  f"1-shot episodes per epoch, batch {cfg.bsz}"
                  + (f" ({self.local_bsz} per process)" if info.enabled else "")
                  + f", {self.steps_per_epoch} steps per epoch, amp {describe_amp(info.device, cfg.amp)}")
