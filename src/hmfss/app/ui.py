@@ -86,8 +86,8 @@ def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
                                elem_id="support_mask", scale=2)
             editor = gr.ImageEditor(label="draw the object (brush; eraser to fix)", type="numpy",
                                     sources=(), transforms=(), elem_id="support_editor",
-                                    brush=gr.Brush(colors=["#ff2020"], color_mode="fixed", default_size=24),
-                                    eraser=gr.Eraser(default_size=24), layers=False, height=420)
+                                    brush=gr.Brush(colors=["#ff2020"], color_mode="fixed", default_size="auto"),
+                                    eraser=gr.Eraser(), height=420)
             with gr.Row():
                 add_btn = gr.Button("Add example", elem_id="add_example")
                 clear_btn = gr.Button("Clear support set", elem_id="clear_support")
