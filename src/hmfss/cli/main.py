@@ -14,7 +14,7 @@ import sys
 
 from hmfss.errors import HmfssError
 
-COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "benchmark")
+COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "benchmark", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

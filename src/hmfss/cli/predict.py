@@ -17,8 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Segment query images given K (image, mask) support pairs.",
     )
     p.add_argument("--checkpoint", required=True, help="hmfss or original HSNet/HSNet-HM checkpoint")
-    p.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMG", "MASK"),
-                   help="a support image and its binary mask (repeat for K shots)")
+    support = p.add_mutually_exclusive_group(required=True)
+    support.add_argument("--support", nargs=2, action="append", metavar=("IMG", "MASK"),
+                         help="a support image and its binary mask (repeat for K shots)")
+    support.add_argument("--support-dir", metavar="DIR",
+                         help="several classes: DIR/<class>/images/* with DIR/<class>/masks/<stem>.png")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="--support-dir: a class also needs this foreground probability (default: none)")
     p.add_argument("--query", nargs="+", required=True, metavar="PATH", help="query images or folders")
     p.add_argument("--out", required=True, help="output folder")
     add_model_arguments(p)
@@ -115,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
     queries = expand_queries(args.query)
+    if args.support_dir is not None:
+        from hmfss.cli.predict_classes import run_support_dir
+
+        return run_support_dir(args, queries, _unique_stems(queries))
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.arch, args.backbone, args.masking, args.img_size, device=device)
     model.exact_selection = not args.fast_selection

@@ -1,0 +1,133 @@
+"""The real page in headless Chromium (Debian's ``chromium``, driven by Playwright; no browser
+download): load a model, draw a mask with the brush, build two classes from mask files, segment
+two queries, download the zip and compare its masks with ``hmfss predict --support-dir``'s.
+
+Set HMFSS_APP_SCREENSHOT=PATH to also save a screenshot of the page with its results.
+"""
+
+import io
+import os
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hmfss.cli.main import main
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+gr = pytest.importorskip("gradio", reason="Gradio is not installed (pip install -e '.[app]')")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                                reason="no Chromium (Debian: apt-get install chromium)")
+TIMEOUT_MS = 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def page_url(app_files):
+    from hmfss.app.ui import build_app
+
+    port = _free_port()
+    app = build_app("cpu", str(app_files["ckpt"]))
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture()
+def page(page_url):
+    with sync_api.sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        tab.set_default_timeout(TIMEOUT_MS)
+        tab.goto(page_url)
+        yield tab
+        browser.close()
+
+
+def _load_model(tab, ckpt: Path) -> None:
+    tab.fill("#ckpt_path textarea, #ckpt_path input", str(ckpt))
+    tab.click("#load_model")
+    tab.wait_for_selector("#model_info:has-text('HSNET with efficientnet-lite0')")
+
+
+def _add_example(tab, name: str, image: Path, mask: Path | None) -> None:
+    tab.fill("#class_name textarea, #class_name input", name)
+    tab.set_input_files("#support_image input[type=file]", str(image))
+    tab.wait_for_timeout(1000)  # the image's change event (it fills the editor) settles first
+    tab.wait_for_selector(f"#support_image:has-text('{image.name}')")
+    if mask is not None:
+        tab.set_input_files("#support_mask input[type=file]", str(mask))
+        tab.wait_for_selector(f"#support_mask:has-text('{mask.name}')")
+    tab.click("#add_example")
+    tab.wait_for_selector(f"#support_info:has-text('{name}')")
+    tab.wait_for_selector(f"#support_image:not(:has-text('{image.name}'))")  # the inputs are cleared
+    if mask is not None:
+        tab.wait_for_selector(f"#support_mask:not(:has-text('{mask.name}'))")
+    tab.wait_for_timeout(2000)  # and the editor with them (a second event)
+
+
+def test_brush_strokes_give_a_non_empty_mask(page, app_files):
+    _load_model(page, app_files["ckpt"])
+    page.fill("#class_name textarea, #class_name input", "drawn")
+    page.set_input_files("#support_image input[type=file]", str(app_files["support"] / "cat" / "images" / "cat1.png"))
+    canvas = page.locator("#support_editor canvas").first
+    canvas.wait_for()
+    info = page.locator("#support_info")
+    for _attempt in range(3):  # the canvas takes the background image a moment after the upload
+        page.wait_for_timeout(1500)
+        page.click("#support_editor button[aria-label=Brush]")
+        box = canvas.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 60, cy - 30)
+        page.mouse.down()
+        for step in range(12):
+            page.mouse.move(cx - 60 + 10 * step, cy - 30 + 5 * step, steps=3)
+        page.mouse.up()
+        page.click("#add_example")
+        page.wait_for_timeout(1500)
+        if "drawn" in info.inner_text():
+            break
+    info = page.locator("#support_info")
+    info.filter(has_text="drawn").wait_for()
+    pixels = int(info.inner_text().split("(mask ")[1].split(" px")[0])
+    assert pixels > 0
+
+
+def test_two_classes_two_queries_gallery_and_zip_equal_the_cli(page, app_files, tmp_path):
+    _load_model(page, app_files["ckpt"])
+    for name in ("cat", "dog"):
+        folder = app_files["support"] / name
+        _add_example(page, name, folder / "images" / f"{name}1.png", folder / "masks" / f"{name}1.png")
+    queries = sorted(app_files["queries"].iterdir())
+    page.set_input_files("#queries input[type=file]", [str(q) for q in queries])
+    page.wait_for_selector(f"#queries:has-text('{queries[-1].name}')")
+    page.click("#segment")
+    page.wait_for_selector("#table:has-text('q1')")
+    assert page.locator("#gallery img").count() == 2
+    if os.environ.get("HMFSS_APP_SCREENSHOT"):
+        page.screenshot(path=os.environ["HMFSS_APP_SCREENSHOT"], full_page=True)
+    with page.expect_download() as download:
+        page.click("#download")
+    archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    stems = [q.stem for q in queries]
+    expected = {"labels.json"} | {f"{s}_{kind}.png" for s in stems for kind in
+                                  ("labels", "overlay", "mask_cat", "mask_dog")}
+    assert set(archive.namelist()) == expected
+    cli = tmp_path / "cli"
+    assert main(["predict", "--checkpoint", str(app_files["ckpt"]), "--support-dir", str(app_files["support"]),
+                 "--query", *map(str, queries), "--out", str(cli)]) == 0
+    assert archive.read("labels.json") == (cli / "labels.json").read_bytes()
+    for name in expected - {"labels.json"}:
+        if "overlay" not in name:
+            ours = np.array(Image.open(io.BytesIO(archive.read(name))))
+            assert np.array_equal(ours, np.array(Image.open(cli / name))), name

@@ -1,0 +1,58 @@
+"""The multi-class rule on hand-made maps, and its agreement with single-class prediction."""
+
+import torch
+
+from hmfss import build_model
+from hmfss.multiclass import class_maps, combine, encode_classes, segment_classes
+
+
+def test_overlap_goes_to_the_most_probable_class_ties_to_the_lowest_index():
+    probs = torch.tensor([[[0.9, 0.6, 0.7]], [[0.8, 0.95, 0.7]]])  # (C=2, H=1, W=3)
+    masks = torch.ones_like(probs, dtype=torch.long)
+    assert combine(probs, masks).tolist() == [[1, 2, 1]]
+
+
+def test_only_classes_whose_own_mask_is_foreground_compete():
+    probs = torch.tensor([[[0.9, 0.9]], [[0.6, 0.6]]])
+    masks = torch.tensor([[[0, 1]], [[1, 1]]])
+    assert combine(probs, masks).tolist() == [[2, 1]]
+
+
+def test_threshold_removes_classes_below_it():
+    probs = torch.tensor([[[0.6, 0.6, 0.9]], [[0.55, 0.75, 0.2]]])
+    masks = torch.tensor([[[1, 1, 1]], [[1, 1, 0]]])
+    assert combine(probs, masks, threshold=0.7).tolist() == [[0, 2, 1]]
+    assert combine(probs, masks).tolist() == [[1, 2, 1]]
+
+
+def test_no_class_is_background():
+    probs = torch.tensor([[[0.3, 0.9]], [[0.2, 0.8]]])
+    masks = torch.zeros_like(probs, dtype=torch.long)
+    assert combine(probs, masks).tolist() == [[0, 0]]
+
+
+def test_class_maps_probability_is_the_mean_softmax_and_mask_the_vote():
+    logits = torch.zeros(3, 2, 1, 2)
+    logits[:, 1, 0, 0] = torch.tensor([2.0, 2.0, -1.0])  # two of three shots vote foreground
+    logits[:, 1, 0, 1] = torch.tensor([-1.0, -1.0, 0.0])  # a tie (0 vs 0) is background
+    prob, mask = class_maps(logits, (1, 2))
+    expected = torch.sigmoid(torch.tensor([[2.0, 2.0, -1.0], [-1.0, -1.0, 0.0]])).mean(dim=1)
+    assert torch.allclose(prob[0], expected)
+    assert mask.tolist() == [[1, 0]]
+
+
+def test_one_class_label_map_equals_the_single_class_mask_and_classes_are_independent():
+    torch.manual_seed(0)
+    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=64).eval()
+    query = torch.randn(2, 3, 64, 64)
+    supports = [(torch.randn(1, k, 3, 64, 64), (torch.rand(1, k, 64, 64) > 0.5).float()) for k in (1, 3)]
+    sizes = [(50, 70), (64, 64)]
+    with torch.inference_mode():
+        states = encode_classes(model, supports)
+        both = segment_classes(model, query, states, sizes)
+        for c, state in enumerate(states):
+            single = model.segment(query, state, output_size=sizes)
+            alone = segment_classes(model, query, [state], sizes)
+            for i in range(2):
+                assert torch.equal(alone[i].labels, single[i])
+                assert torch.equal(both[i].masks[c], single[i])
