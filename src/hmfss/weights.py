@@ -87,9 +87,11 @@ class _RestrictedPickleModule:
     __name__ = "hmfss_restricted_pickle"
 
 
-def load_restricted(path: str | Path) -> Any:
-    """``torch.load`` a checkpoint on the CPU with unknown classes replaced by placeholders."""
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+def load_restricted(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load`` a checkpoint on the CPU with unknown classes replaced by placeholders
+    (``mmap``: map a zip-format file's tensors instead of reading them into memory)."""
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule,
+                      mmap=mmap)
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):

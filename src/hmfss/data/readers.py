@@ -1,4 +1,4 @@
-"""Readers for the on-disk layouts of the benchmarks (SPEC §7).
+"""Readers for the on-disk layouts of the benchmarks (as the original loaders expect them).
 
 A reader maps an episode name (as in the split lists) to its image and mask files and loads
 one (image, binary mask, ignore map) triple for a class::
@@ -9,7 +9,7 @@ one (image, binary mask, ignore map) triple for a class::
     DATAPATH/COCO2014/annotations/<name .png>           values 0..80 (class id + 1)
     DATAPATH/FSS-1000/<category>/<n>.jpg|.png         FSS-1000, name "<category>/<n>.jpg"
     DATAPATH/<class>/images/<stem>.jpg|png            custom folders, name "<class>/<file>"
-    DATAPATH/<class>/masks/<stem>.png                   0/255, 0/1 or palette masks
+    DATAPATH/<class>/masks/<stem>.png                   0/255, 0/1 or palette masks (rules: hmfss.data.io)
 
 Images are converted to RGB; masks become {0, 1} for the episode's class.
 """
@@ -139,7 +139,7 @@ class FolderReader(Reader):
         return image, mask
 
     def labels(self, name: str, class_id: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return io.read_mask(self.paths(name)[1]), None
+        return io.read_mask_and_ignore(self.paths(name)[1])
 
 
 READERS = {"pascal": PascalReader, "coco": CocoReader, "fss": FssReader}
