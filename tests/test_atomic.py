@@ -1,6 +1,7 @@
 """Atomic writes: files get the umask's mode; stale temp files of hmfss's own naming go."""
 
 import os
+import time
 
 import pytest
 
@@ -26,10 +27,16 @@ def test_stale_temps_of_our_naming_are_removed(tmp_path):
     for name in ours + theirs:
         (tmp_path / name).write_text("x")
     (tmp_path / ".dir.abcdefgh.tmp").mkdir()
+    hour_ago = time.time() - 3600
+    for path in tmp_path.iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    (tmp_path / ".fresh.pt.abcdefgh.tmp").write_text("being written by another process")
+    theirs.append(".fresh.pt.abcdefgh.tmp")
     removed = remove_stale_temps(tmp_path)
     assert sorted(p.name for p in removed) == sorted(ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + [".dir.abcdefgh.tmp"])
     assert remove_stale_temps(tmp_path / "missing") == []
+    assert [p.name for p in remove_stale_temps(tmp_path, older_than=0)] == [".fresh.pt.abcdefgh.tmp"]
 
 
 def test_the_pattern_matches_what_atomic_write_creates(tmp_path, monkeypatch):

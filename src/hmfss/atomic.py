@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -30,18 +31,23 @@ def is_own_temp(name: str) -> bool:
     return _TEMP_NAME.match(name) is not None
 
 
-def remove_stale_temps(folder: str | Path) -> list[Path]:
+def remove_stale_temps(folder: str | Path, older_than: float = 60.0) -> list[Path]:
     """Delete the temp files of interrupted atomic writes in ``folder`` (not recursive).
 
-    Only names of hmfss's own pattern (``.NAME.XXXXXXXX.tmp``) are touched. Call it when a
-    command starts writing into a folder, before any write of its own. Returns what it removed.
+    Only names of hmfss's own pattern (``.NAME.XXXXXXXX.tmp``) untouched for ``older_than``
+    seconds are removed, so that a write in progress by another hmfss process in the same
+    folder is left alone (a folder with a single writer, such as a run directory, may pass 0).
+    Call it when a command starts writing into a folder. Returns what it removed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
+    now = time.time()
     for path in folder.iterdir():
-        if is_own_temp(path.name) and path.is_file() and not path.is_symlink():
+        if not is_own_temp(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        if now - path.stat().st_mtime >= older_than:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

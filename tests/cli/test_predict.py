@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,7 @@ def test_stale_temp_files_in_the_output_folder_are_removed(ckpt, files):
     out = files / "out"
     out.mkdir()
     (out / ".c_mask.png.abcd1234.tmp").write_bytes(b"half")
+    os.utime(out / ".c_mask.png.abcd1234.tmp", (1e9, 1e9))  # long untouched
     (out / "mine.txt").write_text("kept")
     assert _run(ckpt, files, "--out", str(out)) == 0  # the later --out wins
     assert sorted(p.name for p in out.iterdir()) == ["c_mask.png", "c_overlay.png", "mine.txt"]

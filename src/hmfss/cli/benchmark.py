@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        from hmfss.atomic import atomic_write_text
+        from hmfss.atomic import atomic_write_text, remove_stale_temps
 
+        remove_stale_temps(Path(args.json).parent)
         atomic_write_text(Path(args.json), json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0

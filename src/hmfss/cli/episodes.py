@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from hmfss.data.episodes import write_jsonl
-    from hmfss.atomic import atomic_write_bytes
+    from pathlib import Path
+
+    from hmfss.atomic import atomic_write_bytes, remove_stale_temps
     from hmfss.inputs import check_output_file
 
     check_output_file(args.out, "--out")
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         text = io.StringIO()
         write_jsonl(episodes, text)
+        remove_stale_temps(Path(args.out).parent)
         atomic_write_bytes(args.out, text.getvalue().encode("utf-8"))
         return 0
     try:

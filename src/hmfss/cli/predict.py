@@ -165,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
     model.exact_selection = not args.fast_selection
     size = model.config.img_size
     support_imgs, support_masks = load_support_set(args.support, size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    remove_stale_temps(out_dir)  # the folder itself is made by the first write
     replaced = 0
     with torch.inference_mode():
         state = model.encode_support(support_imgs.to(device), support_masks.to(device))

@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
     from hmfss.data.dataset import EpisodeDataset, episode_loader
     from hmfss.data.readers import make_reader
-    from hmfss.atomic import atomic_write_bytes
+    from pathlib import Path
+
+    from hmfss.atomic import atomic_write_bytes, remove_stale_temps
     from hmfss.checkpoint import load_model
     from hmfss.training.distributed import resolve_device
     from hmfss.evaluation.evaluate import evaluate
@@ -174,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "empty_ground_truth": empty,
     }
     if args.json:
+        remove_stale_temps(Path(args.json).parent)
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     if args.skip_bad_images and outcome["skipped"]:
         print(f"skipped {outcome['skipped']} episode(s) with unreadable images; first: "
