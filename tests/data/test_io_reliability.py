@@ -115,3 +115,28 @@ def test_jpeg_draft_decodes_at_a_reduced_scale(tmp_path):
     assert io.read_image(tmp_path / "l.jpg", draft=(100, 50)).size == (100, 50)
     assert io.read_image(tmp_path / "l.jpg", draft=(150, 50)).size == (200, 100)
     assert io.read_image(tmp_path / "l.jpg").size == (800, 400)
+
+
+def test_header_size_is_the_displayed_size(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20)).save(tmp_path / "r.jpg", exif=exif)
+    assert io.check_image_file(tmp_path / "r.jpg") == (20, 40)
+
+
+def test_reader_decodes_large_jpegs_at_a_reduced_scale_with_full_masks(tmp_path):
+    from hmfss.data.readers import FolderReader
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "cat" / "images").mkdir(parents=True)
+    (tmp_path / "cat" / "masks").mkdir()
+    Image.fromarray(rng.integers(0, 255, (600, 1000, 3), np.uint8)).save(tmp_path / "cat" / "images" / "a.jpg")
+    mask = np.zeros((600, 1000), np.uint8)
+    mask[100:300, 200:700] = 255
+    Image.fromarray(mask).save(tmp_path / "cat" / "masks" / "a.png")
+    reader = FolderReader(tmp_path)
+    assert reader.load("cat/a.jpg", 0).image.size == (1000, 600)
+    reader.draft = (200, 200)
+    sample = reader.load("cat/a.jpg", 0)
+    assert sample.image.size == (500, 300)  # 1/2 scale; 1/4 would be under 200 high
+    assert sample.size == (600, 1000) and np.array_equal(sample.mask, mask // 255)

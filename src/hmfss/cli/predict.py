@@ -89,18 +89,19 @@ def load_support_set(pairs: list[list[str]], size: int):
     """Read and check the (image, mask) pairs -> (1, K, 3, S, S), (1, K, S, S) tensors."""
     import torch
 
-    from hmfss.data.io import read_image, read_mask
+    from hmfss.data.io import check_image_file, read_image, read_mask
     from hmfss.data.transforms import image_to_tensor, resize_mask
     from hmfss.errors import HmfssError
 
     images, masks = [], []
     for img_path, mask_path in pairs:
-        img = read_image(img_path)
+        width, height = check_image_file(img_path)
+        img = read_image(img_path, draft=(size, size))  # a huge JPEG is decoded at a reduced scale
         mask = read_mask(mask_path)
-        if mask.shape != (img.height, img.width):
+        if mask.shape != (height, width):
             raise HmfssError(
                 f"support mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{img_path} is {img.width}x{img.height}"
+                f"{img_path} is {width}x{height}"
             )
         if not mask.any():
             raise HmfssError(f"support mask {mask_path} is empty (no foreground pixel)")

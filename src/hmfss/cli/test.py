@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     model.exact_selection = not args.fast_selection
     img_size = int(args.img_size or model.config.img_size)
 
+    reader.draft = (img_size, img_size)  # huge JPEGs decoded at a reduced scale; masks stay full size
     dataset = EpisodeDataset(reader, episodes, img_size, original_size=args.use_original_imgsize,
                              ignore_255=args.ignore_255)
     loader = episode_loader(dataset, args.batch_size, args.workers)

@@ -27,6 +27,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # of it takes 150 MB; images are resized to the network size (a few hundred px) anyway.
 DEFAULT_MAX_PIXELS = 50_000_000
 _limit = {"pixels": DEFAULT_MAX_PIXELS}
+_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 swap width and height
+_TRANSPOSED = (5, 6, 7, 8)
 
 
 def set_max_pixels(pixels: int) -> None:
@@ -68,8 +70,9 @@ def _open(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Image
 
 
 def check_image_file(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header of a readable image under the pixel limit; nothing
-    is decoded, so a command can check all its inputs before it writes anything."""
+    """(width, height) as displayed (EXIF rotation applied) from the header of a readable image
+    under the pixel limit; nothing is decoded, so a command can check all its inputs before it
+    writes anything."""
     path = Path(path)
     if not path.is_file():
         raise HmfssError(f"file not found: {path}")
@@ -78,6 +81,8 @@ def check_image_file(path: str | Path) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
+                if img.getexif().get(_ORIENTATION, 1) in _TRANSPOSED:
+                    width, height = height, width
     except Image.DecompressionBombError:
         raise HmfssError(f"image {path} is over the pixel limit of {max_pixels()} (raise it with --max-pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
