@@ -53,6 +53,14 @@ def test_bad_masks(value, message):
         check_masks(value)
 
 
+def test_empty_masks_pass_when_allowed():
+    empty = torch.zeros(1, 2, 8, 8)
+    assert check_masks(empty, allow_empty=True) is empty
+    check_support_set(torch.randn(1, 2, 3, 8, 8), empty, allow_empty=True)
+    with pytest.raises(HmfssError, match=r"support_masks\[0, 0\] is empty"):
+        check_support_set(torch.randn(1, 2, 3, 8, 8), empty)
+
+
 def test_support_set_shapes_must_match():
     with pytest.raises(HmfssError, match=r"support_masks \(1, 2, 8, 8\) do not match support_imgs \(1, 1, 3, 8, 8\)"):
         check_support_set(torch.randn(1, 1, 3, 8, 8), masks(1, 2))

@@ -50,8 +50,12 @@ def check_images(images: Any, name: str = "images", ndim: int = 4) -> Tensor:
     return images
 
 
-def check_masks(masks: Any, name: str = "support_masks") -> Tensor:
-    """Binary masks (B, K, H, W) with K >= 1, values exactly 0 and 1 (any real dtype)."""
+def check_masks(masks: Any, name: str = "support_masks", allow_empty: bool = False) -> Tensor:
+    """Binary masks (B, K, H, W) with K >= 1, values exactly 0 and 1 (any real dtype).
+
+    Each mask needs a foreground pixel unless ``allow_empty`` (benchmark episodes whose tiny
+    object vanished when resized are still scored, as in the original protocol).
+    """
     masks = _tensor(masks, name)
     if masks.dim() != 4:
         raise HmfssError(f"{name} must have shape (B, K, H, W), got {_shape(masks)}")
@@ -70,16 +74,17 @@ def check_masks(masks: Any, name: str = "support_masks") -> Tensor:
         hint = "; divide 0/255 masks by 255" if bool(((values == 0) | (values == 255)).all()) else ""
         raise HmfssError(f"{name} must be binary (only 0 and 1), got values in [{low:g}, {high:g}]{hint}")
     empty = (values.flatten(2).amax(-1) == 0).nonzero()
-    if len(empty):
+    if len(empty) and not allow_empty:
         b, k = (int(i) for i in empty[0])
         raise HmfssError(f"{name}[{b}, {k}] is empty (no foreground pixel); every support mask needs one")
     return masks
 
 
-def check_support_set(images: Any, masks: Any, query: Tensor | None = None) -> None:
-    """Supports (B, K, 3, H, W) and masks (B, K, H, W) that match each other and the query."""
+def check_support_set(images: Any, masks: Any, query: Tensor | None = None, allow_empty: bool = False) -> None:
+    """Supports (B, K, 3, H, W) and masks (B, K, H, W) that match each other and the query
+    (see :func:`check_masks` for ``allow_empty``)."""
     images = check_images(images, "support_imgs", ndim=5)
-    masks = check_masks(masks, "support_masks")
+    masks = check_masks(masks, "support_masks", allow_empty)
     if tuple(images.shape[:2]) != tuple(masks.shape[:2]) or images.shape[-2:] != masks.shape[-2:]:
         raise HmfssError(f"support_masks {_shape(masks)} do not match support_imgs {_shape(images)}: "
                          f"expected ({images.shape[0]}, {images.shape[1]}, {images.shape[3]}, {images.shape[4]})")
