@@ -46,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def empty_ground_truths(reader, episodes, skip_bad: bool) -> list[str]:
+def empty_ground_truths(reader, episodes, skip_bad: bool, use_ignore: bool = True) -> list[str]:
     """Query names (one per (query, class) pair) whose ground truth has no object pixel or is
-    entirely ignored. Such episodes score 0 or nothing whatever the model does."""
+    entirely ignored (``use_ignore``). Such episodes score 0 or nothing whatever the model does."""
     from hmfss.errors import HmfssError
 
     empty = []
@@ -59,7 +59,7 @@ def empty_ground_truths(reader, episodes, skip_bad: bool) -> list[str]:
             if skip_bad:
                 continue
             raise
-        scored = ~ignore if ignore is not None else None
+        scored = ~ignore if (ignore is not None and use_ignore) else None
         if not (mask[scored] if scored is not None else mask).any():
             empty.append(name)
     return empty
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if missing is not None:
             raise HmfssError(f"file not found: {missing[1]} (image {missing[0]!r} of the {args.benchmark} "
                              f"{info.split} list; use --skip-bad-images to skip such episodes)")
-    empty = empty_ground_truths(reader, episodes, args.skip_bad_images)
+    empty = empty_ground_truths(reader, episodes, args.skip_bad_images, args.ignore_255)
     if empty and args.strict:
         raise HmfssError(f"the ground truth of {reader.paths(empty[0])[0]} is empty or entirely ignored "
                          f"({len(empty)} such quer{'y' if len(empty) == 1 else 'ies'}; --strict)")
