@@ -124,3 +124,28 @@ def test_good_checkpoint_still_loads_memory_mapped(tiny):
     loaded = load_model(path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+def _legacy(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+def test_legacy_format_checkpoint_still_loads(tiny, tmp_path):
+    model, path, payload = tiny
+    (tmp_path / "legacy.pt").write_bytes(_legacy(payload))
+    loaded = load_model(tmp_path / "legacy.pt")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_legacy_file_declaring_more_data_than_it_holds_is_refused(tmp_path):
+    data = _legacy({"w": torch.zeros(123)})
+    # numel 123 (BININT1 "K{") becomes 10**9 (BININT): 4 GB declared in a file of under 1 kB
+    crafted = data.replace(b"K{", b"J" + (10**9).to_bytes(4, "little"))
+    assert crafted != data
+    (tmp_path / "crafted.pt").write_bytes(crafted)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(HmfssError, match=r"crafted.pt declares 4000000000 bytes of tensor data in a \d+-byte file"):
+        read_checkpoint(tmp_path / "crafted.pt")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB

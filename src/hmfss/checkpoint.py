@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from hmfss.atomic import atomic_save
 from hmfss.errors import HmfssError
 from hmfss.inputs import check_img_size
-from hmfss.weights import load_restricted, load_state
+from hmfss.weights import legacy_declared_bytes, load_restricted, load_state
 
 FORMAT = "hmfss"
 VERSION = 1
@@ -44,6 +44,10 @@ def _check_archive(path: Path) -> bool:
             head = handle.read(2)
         if not head.startswith(b"\x80"):  # neither torch's zip format nor a (legacy) pickle
             raise HmfssError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+        declared, size = legacy_declared_bytes(path), path.stat().st_size
+        if declared > size:
+            raise HmfssError(f"checkpoint {path} declares {declared} bytes of tensor data in a {size}-byte file; "
+                             f"it is damaged or crafted")
         return False
     size = path.stat().st_size
     try:
