@@ -44,6 +44,9 @@ def _checkpoints(root: Path, model) -> None:
             zipfile.ZipFile(root / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info.filename))
+    legacy = io.BytesIO()
+    torch.save({"w": torch.zeros(123)}, legacy, _use_new_zipfile_serialization=False)
+    (root / "legacy_bomb.pt").write_bytes(legacy.getvalue().replace(b"K{", b"J" + (10**9).to_bytes(4, "little")))
     vat = build_model("vat", "efficientnet-lite0", "hm", img_size=32, benchmark="fss")
     save_checkpoint(vat, root / "vat.pt")
 
@@ -146,6 +149,7 @@ CASES = {
     "predict-ckpt-plain-pickle": (_predict(ckpt="{root}/pickle.pt"), "damaged or not a PyTorch checkpoint"),
     "predict-ckpt-zip-not-torch": (_predict(ckpt="{root}/zip.pt"), "zip archive but not a PyTorch checkpoint"),
     "predict-ckpt-compressed-bomb": (_predict(ckpt="{root}/bomb.pt"), "bytes of data in a"),
+    "predict-ckpt-legacy-bomb": (_predict(ckpt="{root}/legacy_bomb.pt"), "declares 4000000000 bytes"),
     "predict-ckpt-vat-as-hsnet": (_predict(ckpt="{root}/vat.pt") + " --arch hsnet", "vat.pt is a vat/"),
     "predict-ckpt-original-without-arch": (_predict(ckpt="{root}/original.pt"), "--arch"),
     "predict-ckpt-other-backbone": (P + " --backbone resnet50", "is a hsnet/efficientnet-lite0 model, not hsnet/resnet50"),
