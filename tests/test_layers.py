@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hmfss"
 
 # lowest first; a name is a module or a sub-package of hmfss
 LAYERS = [
-    {"errors", "atomic"},
+    {"errors", "atomic", "inputs"},
     {"weights"},
     {"backbones"},
     {"masking", "correlation"},

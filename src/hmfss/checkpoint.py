@@ -13,6 +13,7 @@ rules: docs/checkpoints.md.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 
 from hmfss.atomic import atomic_save
 from hmfss.errors import HmfssError
-from hmfss.weights import load_restricted, load_state
+from hmfss.inputs import check_img_size
+from hmfss.weights import legacy_declared_bytes, load_restricted, load_state
 
 FORMAT = "hmfss"
 VERSION = 1
@@ -35,36 +37,100 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> Path:
     return atomic_save(payload, path)
 
 
+def _check_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip-format checkpoint; refuse one whose records are compressed or
+    declare more bytes than the file holds (a small file must not fill the memory)."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            head = handle.read(2)
+        if not head.startswith(b"\x80"):  # neither torch's zip format nor a (legacy) pickle
+            raise HmfssError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+        declared, size = legacy_declared_bytes(path), path.stat().st_size
+        if declared > size:
+            raise HmfssError(f"checkpoint {path} declares {declared} bytes of tensor data in a {size}-byte file; "
+                             f"it is damaged or crafted")
+        return False
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise HmfssError(f"checkpoint {path} is a damaged zip archive: {exc}") from None
+    if not any(r.filename.endswith("data.pkl") for r in records):
+        raise HmfssError(f"{path} is a zip archive but not a PyTorch checkpoint (it has no data.pkl)")
+    declared = sum(r.file_size for r in records)
+    if any(r.compress_type != zipfile.ZIP_STORED for r in records) or declared > size:
+        raise HmfssError(f"checkpoint {path} declares {declared} bytes of data in a {size}-byte file "
+                         f"(compressed records); torch.save never writes such files")
+    return True
+
+
+def _clean_reason(exc: BaseException) -> str:
+    """First line of a loading error, without torch's advice to turn the safe loader off."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and "Weights only" not in line]
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file onto the CPU without executing pickled code."""
+    """Load a checkpoint file onto the CPU without executing pickled code.
+
+    Zip-format files are memory-mapped (after their declared sizes were checked), so loading
+    never takes more memory than the file's size.
+    """
     path = Path(path)
     if not path.is_file():
         raise HmfssError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    mmap = _check_archive(path)
+    with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+        warnings.simplefilter("ignore")
         try:
-            obj = load_restricted(path)
-        except HmfssError:
-            raise
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HmfssError(f"cannot read checkpoint {path}: {first}") from None
+            try:
+                obj = load_restricted(path, mmap=mmap)
+            except HmfssError:
+                raise
+            except Exception as exc:
+                raise HmfssError(f"cannot read checkpoint {path}: damaged or not a PyTorch checkpoint "
+                                 f"({_clean_reason(exc)})") from None
     if not isinstance(obj, dict):
-        raise HmfssError(f"checkpoint {path} is not a state_dict or an hmfss checkpoint")
+        raise HmfssError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict or an hmfss checkpoint")
     return obj
+
+
+def _tensor_state(state: Any, path: str | Path, where: str) -> dict[str, Tensor]:
+    """``state`` as a dict of tensors, else an error naming the first foreign entry."""
+    if not isinstance(state, dict):
+        raise HmfssError(f"checkpoint {path}: {where} is a {type(state).__name__}, not a state_dict")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise HmfssError(f"checkpoint {path}: {where} entry {key!r} is a {type(value).__name__}, not a tensor")
+    return state
+
+
+def check_finite(state: dict[str, Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or infinite values (e.g. saved from a diverged run)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise HmfssError(f"checkpoint {path} holds NaN or infinite weights ({key}); it is unusable")
 
 
 def checkpoint_state(obj: dict[str, Any], path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """(state_dict, hmfss config or None) of a loaded checkpoint object."""
     if obj.get("format") == FORMAT:
-        return obj["model"], obj.get("config")
+        if "model" not in obj:
+            raise HmfssError(f"checkpoint {path} is an hmfss checkpoint without its 'model' entry")
+        config = obj.get("config")
+        if not isinstance(config, dict):
+            raise HmfssError(f"checkpoint {path}: 'config' is a {type(config).__name__}, not a mapping")
+        return _tensor_state(obj["model"], path, "'model'"), config
     if isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise HmfssError(f"checkpoint {path} holds no tensors")
-    return state, None
+    return _tensor_state(state, path, "the state_dict"), None
 
 
 def convert_original_keys(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -117,6 +183,7 @@ def apply_checkpoint(model: nn.Module, obj: dict[str, Any], path: str | Path) ->
             )
     else:
         state = convert_original_keys(model, state)
+    check_finite(state, path)
     device = next(model.parameters()).device
     load_state(model, {k: v.to(device) for k, v in state.items()}, path)
 
@@ -146,20 +213,26 @@ def load_model(
     config = dict(config or {})
     arch = arch or config.get("arch")
     backbone = backbone or config.get("backbone")
+    if config.get("arch") is not None and (arch, backbone) != (config["arch"], config.get("backbone")):
+        raise HmfssError(f"checkpoint {path} is a {config['arch']}/{config.get('backbone')} model, "
+                         f"not {arch}/{backbone} (leave --arch / --backbone out)")
     if arch is None or backbone is None:
         raise HmfssError(
             f"checkpoint {path} is not an hmfss checkpoint: give the architecture and backbone "
             f"(--arch, --backbone)"
         )
+    check_img_size(img_size, "img_size (--img-size)", optional=True)
+    saved_size = check_img_size(config.get("img_size"), f"checkpoint {path}: its img_size", optional=True)
+    saved_options = config.get("options", {})
+    if not isinstance(saved_options, dict):
+        raise HmfssError(f"checkpoint {path}: 'options' is a {type(saved_options).__name__}, not a mapping")
     defaults = HEADS[arch].benchmark_options(benchmark) if benchmark is not None and arch in HEADS else {}
-    merged = {**defaults, **config.get("options", {}), **options}
-    model = build_model(
-        arch,
-        backbone,
-        masking or config.get("masking") or "hm",
-        img_size=img_size or config.get("img_size"),
-        **merged,
-    )
+    merged = {**defaults, **saved_options, **options}
+    try:
+        model = build_model(arch, backbone, masking or config.get("masking") or "hm",
+                            img_size=img_size or saved_size, **merged)
+    except HmfssError as exc:
+        raise HmfssError(f"checkpoint {path}: {exc}") from None
     model.to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

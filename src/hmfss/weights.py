@@ -87,9 +87,11 @@ class _RestrictedPickleModule:
     __name__ = "hmfss_restricted_pickle"
 
 
-def load_restricted(path: str | Path) -> Any:
-    """``torch.load`` a checkpoint on the CPU with unknown classes replaced by placeholders."""
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+def load_restricted(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load`` a checkpoint on the CPU with unknown classes replaced by placeholders
+    (``mmap``: map a zip-format file's tensors instead of reading them into memory)."""
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule,
+                      mmap=mmap)
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -107,6 +109,51 @@ def load_plain_pickle(path: str | Path) -> Any:
             return _DataOnlyUnpickler(handle).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise HmfssError(f"cannot read {path}: {exc}") from None
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-1.6 (non-zip) format
+_ELEMENT_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
+                  "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1}
+
+
+class _StorageSizeScanner(pickle.Unpickler):
+    """Reads a legacy checkpoint's main pickle without building anything: every class is an
+    inert placeholder and every storage reference only records its declared byte size."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self.sizes: dict[str, int] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _placeholder(module, name)
+
+    def persistent_load(self, pid: Any) -> None:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {type(pid).__name__}")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"storage {key!r} declares {numel!r} elements")
+        kind = getattr(storage_type, "_origin", "").rsplit(".", 1)[-1].removesuffix("Storage")
+        self.sizes[str(key)] = numel * _ELEMENT_BYTES.get(kind, 16)
+
+
+def legacy_declared_bytes(path: str | Path) -> int:
+    """Bytes of tensor data a legacy (pre-zip) ``torch.save`` file declares, read from its
+    pickles without allocating anything; raises HmfssError for a file of another kind."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            magic = _DataOnlyUnpickler(handle).load()
+            if magic != _LEGACY_MAGIC:
+                raise HmfssError(f"cannot read checkpoint {path}: damaged or not a PyTorch checkpoint "
+                                 f"(a pickle without torch's header)")
+            _DataOnlyUnpickler(handle).load()  # protocol version
+            _DataOnlyUnpickler(handle).load()  # system info
+            scanner = _StorageSizeScanner(handle)
+            scanner.load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise HmfssError(f"cannot read checkpoint {path}: damaged or not a PyTorch checkpoint ({exc})") from None
+    return sum(scanner.sizes.values())
 
 
 def _describe(names: list[str]) -> str:

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,69 @@ def test_support_needs_image_and_mask(ckpt, files, capsys):
         main(["predict", "--checkpoint", str(ckpt), "--support", str(files / "s1.jpg"), "--query", str(files / "c.jpg"), "--out", "x"])
     assert exc.value.code == 2
     assert "expected 2 arguments" in capsys.readouterr().err
+
+
+def test_queries_with_the_same_stem_get_distinct_outputs(ckpt, files, capsys):
+    rng = np.random.default_rng(3)
+    for sub, (h, w) in {"a": (20, 30), "b": (24, 18)}.items():
+        (files / sub).mkdir()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(files / sub / "x.jpg")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(files / "a" / "x.png")
+    out = files / "out"
+    code = main(["predict", "--checkpoint", str(ckpt), "--support", str(files / "s1.jpg"), str(files / "s1.png"),
+                 "--query", str(files / "a" / "x.jpg"), str(files / "b" / "x.jpg"), str(files / "a" / "x.png"),
+                 str(files / "b" / "x.jpg"), "--out", str(out)])
+    assert code == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*_mask.png"))
+    assert written == ["x_jpg_mask.png", "x_mask.png", "x_png_mask.png"]
+    assert Image.open(out / "x_jpg_mask.png").size == (30, 20)
+    assert Image.open(out / "x_mask.png").size == (18, 24)
+    assert Image.open(out / "x_png_mask.png").size == (16, 16)
+    assert "wrote 6 files" in capsys.readouterr().out
+    # a second run says that it replaced the files of the first
+    assert main(["predict", "--checkpoint", str(ckpt), "--support", str(files / "s1.jpg"), str(files / "s1.png"),
+                 "--query", str(files / "b" / "x.jpg"), "--out", str(out)]) == 0
+    assert "(2 of them replaced files of an earlier run)" in capsys.readouterr().out
+
+
+def test_output_names_keep_just_enough_of_the_folders():
+    from pathlib import Path
+
+    from hmfss.cli.predict import output_names
+
+    paths = [Path("/d/p/a/x.jpg"), Path("/d/q/a/x.jpg"), Path("/d/y.jpg"), Path("/d/z.jpg"), Path("/d/r/x.jpg")]
+    assert output_names(paths) == ["p/a/x", "q/a/x", "y", "z", "d/r/x"]  # one depth per group
+    assert output_names([Path("/e/a/x.jpg"), Path("/e/b/x.jpg"), Path("/e/b/x.png")]) == ["x", "x_jpg", "x_png"]
+
+
+def test_exif_rotated_query_gives_mask_in_displayed_orientation(ckpt, files):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(files / "rot.jpg", exif=exif)
+    Image.fromarray(_blob(50, 20)).save(files / "rot_support.png")  # drawn on the displayed image
+    out = files / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), "--support", str(files / "rot.jpg"),
+                 str(files / "rot_support.png"), "--query", str(files / "rot.jpg"), "--out", str(out)]) == 0
+    assert Image.open(out / "rot_mask.png").size == (20, 50)
+    assert Image.open(out / "rot_overlay.png").size == (20, 50)
+
+
+def test_bad_output_folder_is_refused_before_any_work(ckpt, files, capsys, monkeypatch):
+    import hmfss.checkpoint
+
+    (files / "taken").write_text("a file")
+    monkeypatch.setattr(hmfss.checkpoint, "read_checkpoint", lambda *a: pytest.fail("loaded the model"))
+    code = main(["predict", "--checkpoint", str(ckpt), "--support", str(files / "s1.jpg"), str(files / "s1.png"),
+                 "--query", str(files / "c.jpg"), "--out", str(files / "taken")])
+    assert code == 2
+    assert "--out" in capsys.readouterr().err and (files / "taken").read_text() == "a file"
+
+
+def test_stale_temp_files_in_the_output_folder_are_removed(ckpt, files):
+    out = files / "out"
+    out.mkdir()
+    (out / ".c_mask.png.abcd1234.tmp").write_bytes(b"half")
+    os.utime(out / ".c_mask.png.abcd1234.tmp", (1e9, 1e9))  # long untouched
+    (out / "mine.txt").write_text("kept")
+    assert _run(ckpt, files, "--out", str(out)) == 0  # the later --out wins
+    assert sorted(p.name for p in out.iterdir()) == ["c_mask.png", "c_overlay.png", "mine.txt"]

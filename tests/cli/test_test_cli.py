@@ -192,3 +192,59 @@ def test_vat_checkpoint_without_its_benchmark_option_gets_the_tested_one(trained
     argv[argv.index("--splits") + 1] = str(data.splits)
     assert main(argv) == 2
     assert "does not fit vat/efficientnet-lite0" in capsys.readouterr().err
+
+
+def _palette_0_255(path, binary):
+    """A mask as PIL's convert("P") writes a 0/255 mask: the object is palette index 255."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(binary.astype(np.uint8) * 255, "L").convert("P").save(path)
+
+
+def test_palette_0_255_ground_truth_is_scored_as_objects(tmp_path, ckpt, capsys):
+    data = make_folder(tmp_path)
+    out_before = tmp_path / "before.json"
+    assert main(args(data, "folder", ckpt, "--episodes", 4, "--json", out_before)) == 0
+    for name, binary in data.masks.items():
+        cls, filename = name.split("/")
+        _palette_0_255(data.datapath / cls / "masks" / f"{filename.rsplit('.', 1)[0]}.png", binary)
+    out = tmp_path / "res.json"
+    assert main(args(data, "folder", ckpt, "--episodes", 4, "--json", out)) == 0
+    before, after = json.loads(out_before.read_text()), json.loads(out.read_text())
+    assert after["empty_ground_truth"] == [] and "empty or entirely ignored" not in capsys.readouterr().out
+    assert (after["miou"], after["fb_iou"], after["buckets"]) == (before["miou"], before["fb_iou"], before["buckets"])
+
+
+def test_empty_ground_truth_is_counted_and_refused_with_strict(tmp_path, ckpt, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = make_folder(tmp_path)
+    empty = data.datapath / "bird" / "masks" / "p.png"
+    Image.fromarray(np.zeros(np.array(Image.open(empty)).shape, np.uint8)).save(empty)
+    out = tmp_path / "res.json"
+    assert main(args(data, "folder", ckpt, "--json", out)) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(out.read_text())["empty_ground_truth"] == ["bird/p.jpg"]
+    assert "note: 1 query with an empty or entirely ignored ground truth was scored (first: bird/p.jpg)" in printed
+    assert main(args(data, "folder", ckpt, "--strict", "--json", tmp_path / "strict.json")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "p.jpg is empty or entirely ignored" in err and "--strict" in err
+    assert not (tmp_path / "strict.json").exists()
+
+
+@pytest.mark.parametrize("flag, make, message", [
+    ("--json", "dir", "--json .* is a folder; give a file name"),
+    ("--visualize", "file", "--visualize .* is a file; give a folder"),
+])
+def test_output_paths_are_checked_before_the_evaluation(tmp_path, ckpt, pascal, capsys, monkeypatch, flag, make,
+                                                        message):
+    import hmfss.evaluation.evaluate
+
+    target = tmp_path / "target"
+    target.mkdir() if make == "dir" else target.write_text("x")
+    monkeypatch.setattr(hmfss.evaluation.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    assert main(args(pascal, "pascal", ckpt, "--episodes", 1, flag, target)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(message, err)

@@ -41,11 +41,17 @@ def run(args: argparse.Namespace) -> int:
 
     from hmfss.evaluation.benchmark import BenchmarkConfig, format_table, run_benchmark
     from hmfss.errors import HmfssError
+    from hmfss.inputs import check_device, check_img_size, check_min, check_output_file
     from hmfss.training.distributed import resolve_device
 
-    for name in ("nshot", "img_size", "batch", "repeats", "stream_queries"):
+    for name in ("nshot", "batch", "repeats", "stream_queries"):
         if getattr(args, name) < 1:
             raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_min(args.warmup, "--warmup", 0)
+    check_min(args.threads, "--threads", 1)
+    check_img_size(args.img_size, "--img-size")
+    check_device(args.device)
+    check_output_file(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -62,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        from hmfss.atomic import atomic_write_text
+        from hmfss.atomic import atomic_write_text, remove_stale_temps
 
+        remove_stale_temps(Path(args.json).parent)
         atomic_write_text(Path(args.json), json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -54,6 +54,9 @@ def _progress_enabled() -> bool:
 
 def run_splits(args: argparse.Namespace) -> int:
     from hmfss.data.tools import DEFAULT_SPLITS_URL, SPLIT_FILES, download_splits
+    from hmfss.inputs import check_output_dir  # torch-heavy: kept out of `hmfss --help`
+
+    check_output_dir(args.out, "--out")
 
     written = download_splits(args.out, args.base_url or DEFAULT_SPLITS_URL, force=args.force,
                               progress=_progress_enabled())
@@ -63,6 +66,9 @@ def run_splits(args: argparse.Namespace) -> int:
 
 def run_coco_masks(args: argparse.Namespace) -> int:
     from hmfss.data.tools import coco_masks
+    from hmfss.inputs import check_output_dir  # torch-heavy: kept out of `hmfss --help`
+
+    check_output_dir(args.out, "--out")
 
     counts = coco_masks(args.annotations, args.out, skip_crowd=args.skip_crowd, progress=_progress_enabled())
     print(f"{counts['written']} mask(s) written, {counts['skipped']} already present, in {args.out}")
@@ -71,6 +77,9 @@ def run_coco_masks(args: argparse.Namespace) -> int:
 
 def run_voc_aug(args: argparse.Namespace) -> int:
     from hmfss.data.tools import voc_aug
+    from hmfss.inputs import check_output_dir  # torch-heavy: kept out of `hmfss --help`
+
+    check_output_dir(args.out, "--out")
 
     counts = voc_aug(args.sbd, args.voc, args.out, progress=_progress_enabled())
     print(f"{counts['voc']} mask(s) from VOC2012, {counts['sbd']} from SBD, "

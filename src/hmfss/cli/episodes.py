@@ -42,10 +42,14 @@ def add_benchmark_arguments(p: argparse.ArgumentParser, datapath_required: bool 
 def resolve_episodes(args: argparse.Namespace):
     """(SplitInfo, episodes, protocol) of the parsed benchmark arguments."""
     from hmfss.data.episodes import default_protocol, make_episodes
-    from hmfss.data.splits import load_split
+    from hmfss.data.splits import default_splits_dir, load_split
+    from hmfss.errors import HmfssError
 
     info = load_split(args.benchmark, args.splits, args.fold, args.split, datapath=args.datapath,
                       classes_file=args.classes, test_ratio=args.test_ratio, split_seed=args.split_seed)
+    if not info.entries:
+        where = args.datapath if args.benchmark == "folder" else (args.splits or default_splits_dir(args.datapath))
+        raise HmfssError(f"the {args.benchmark} {info.split} split has no images: its list in {where} is empty")
     protocol = args.protocol or default_protocol(args.benchmark)
     episodes = make_episodes(info, args.nshot, args.episodes, args.seed, protocol)
     return info, episodes, protocol
@@ -69,12 +73,17 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from hmfss.data.episodes import write_jsonl
-    from hmfss.atomic import atomic_write_bytes
+    from pathlib import Path
 
+    from hmfss.atomic import atomic_write_bytes, remove_stale_temps
+    from hmfss.inputs import check_output_file
+
+    check_output_file(args.out, "--out")
     _, episodes, _ = resolve_episodes(args)
     if args.out:
         text = io.StringIO()
         write_jsonl(episodes, text)
+        remove_stale_temps(Path(args.out).parent)
         atomic_write_bytes(args.out, text.getvalue().encode("utf-8"))
         return 0
     try:

@@ -17,8 +17,16 @@ from hmfss.errors import HmfssError
 COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "benchmark", "app")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), like every
+    other hmfss error; ``--help`` still prints the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hmfss", description="Few-shot semantic segmentation with hybrid masking."
     )
     from hmfss import __version__

@@ -1,12 +1,15 @@
 """``hmfss predict``: segment query images from K annotated support images.
 
 The support set is encoded once; queries (files or folders) are segmented in batches and
-written as ``<stem>_mask.png`` (0/255, at the query's original size) and ``<stem>_overlay.png``.
+written as ``<stem>_mask.png`` (0/255, at the query's displayed size) and ``<stem>_overlay.png``.
+Queries whose stems collide (``a/x.jpg b/x.jpg``, ``x.jpg x.png``) keep as much of their folder
+path as tells them apart (``a/x_mask.png``, ``b/x_mask.png``) or their suffix (``x_jpg_mask.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 
@@ -29,7 +32,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--batch-size", type=int, default=4, help="queries per forward pass (default 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    add_max_pixels_argument(p)
     p.set_defaults(func=run)
+
+
+def add_max_pixels_argument(p: argparse.ArgumentParser) -> None:
+    """--max-pixels: images larger than this are refused before being decoded."""
+    from hmfss.data.io import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images of more than N pixels (width x height; default {DEFAULT_MAX_PIXELS})")
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad --img-size / --device / --max-pixels before any file is read."""
+    from hmfss.data.io import set_max_pixels
+    from hmfss.inputs import check_device, check_img_size
+
+    check_img_size(args.img_size, "--img-size", optional=True)
+    check_device(args.device)
+    set_max_pixels(args.max_pixels)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,18 +94,19 @@ def load_support_set(pairs: list[list[str]], size: int):
     """Read and check the (image, mask) pairs -> (1, K, 3, S, S), (1, K, S, S) tensors."""
     import torch
 
-    from hmfss.data.io import read_image, read_mask
+    from hmfss.data.io import check_image_file, read_image, read_mask
     from hmfss.data.transforms import image_to_tensor, resize_mask_nearest
     from hmfss.errors import HmfssError
 
     images, masks = [], []
     for img_path, mask_path in pairs:
-        img = read_image(img_path)
+        width, height = check_image_file(img_path)
+        img = read_image(img_path, draft=(size, size))  # a huge JPEG is decoded at a reduced scale
         mask = read_mask(mask_path)
-        if mask.shape != (img.height, img.width):
+        if mask.shape != (height, width):
             raise HmfssError(
                 f"support mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{img_path} is {img.width}x{img.height}"
+                f"{img_path} is {width}x{height}"
             )
         if not mask.any():
             raise HmfssError(f"support mask {mask_path} is empty (no foreground pixel)")
@@ -95,14 +118,30 @@ def load_support_set(pairs: list[list[str]], size: int):
     return torch.stack(images)[None], torch.stack(masks)[None]
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
-    return stems
+def output_names(paths: list[Path]) -> list[str]:
+    """One distinct output name (without ``_mask.png``) per distinct query path.
+
+    Queries of one folder that differ only by suffix get it (``x_jpg``, ``x_png``); a name
+    still shared by queries of different folders gets the fewest trailing folder names that
+    tell them apart (``a/x``, ``b/x``).
+    """
+    resolved = [p.resolve() for p in paths]
+    same_folder = Counter((p.parent, p.stem) for p in resolved)
+    names = [f"{p.stem}_{p.suffix.lstrip('.').lower()}" if same_folder[p.parent, p.stem] > 1 else p.stem
+             for p in resolved]
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(name, []).append(index)
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        for n in range(1, max(len(resolved[i].parent.parts) for i in group)):
+            candidate = ["/".join(resolved[i].parent.parts[-n:] + (name,)) for i in group]
+            if len(set(candidate)) == len(group):
+                break
+        for i, value in zip(group, candidate):
+            names[i] = value
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,27 +150,33 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from hmfss.data.io import overlay, read_image, save_image_atomic
+    from hmfss.data.io import check_image_file, overlay, read_image, save_image_atomic
     from hmfss.data.transforms import image_to_tensor
     from hmfss.checkpoint import load_model
     from hmfss.training.distributed import resolve_device
     from hmfss.errors import HmfssError
+    from hmfss.inputs import check_output_dir
+    from hmfss.atomic import remove_stale_temps
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
-    queries = expand_queries(args.query)
+    check_model_arguments(args)
+    out_dir = check_output_dir(args.out, "--out")
+    queries = list(dict.fromkeys(p.resolve() for p in expand_queries(args.query)))
+    names = output_names(queries)
+    for query in queries:  # headers only: a bad query is refused before anything is written
+        check_image_file(query)
     if args.support_dir is not None:
         from hmfss.cli.predict_classes import run_support_dir
 
-        return run_support_dir(args, queries, _unique_stems(queries))
+        return run_support_dir(args, queries, names)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.arch, args.backbone, args.masking, args.img_size, device=device)
     model.exact_selection = not args.fast_selection
     size = model.config.img_size
     support_imgs, support_masks = load_support_set(args.support, size)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(queries)
+    remove_stale_temps(out_dir)  # the folder itself is made by the first write
+    replaced = 0
     with torch.inference_mode():
         state = model.encode_support(support_imgs.to(device), support_masks.to(device))
         bar = tqdm(total=len(queries), desc="predict", unit="img", disable=len(queries) < 2)
@@ -140,12 +185,16 @@ def run(args: argparse.Namespace) -> int:
             originals = [read_image(p) for p in chunk]
             batch = torch.stack([image_to_tensor(img, size) for img in originals]).to(device)
             masks = model.segment(batch, state, output_size=[(img.height, img.width) for img in originals])
-            for img, mask, stem in zip(originals, masks, stems[start:start + len(chunk)]):
+            for img, mask, name in zip(originals, masks, names[start:start + len(chunk)]):
                 binary = mask.cpu().numpy().astype(np.uint8)
-                save_image_atomic(Image.fromarray(binary * 255), out_dir / f"{stem}_mask.png")
-                save_image_atomic(overlay(img, binary), out_dir / f"{stem}_overlay.png")
+                for path, picture in ((out_dir / f"{name}_mask.png", Image.fromarray(binary * 255)),
+                                      (out_dir / f"{name}_overlay.png", overlay(img, binary))):
+                    replaced += path.exists()
+                    save_image_atomic(picture, path)
+            del originals, batch
             bar.update(len(chunk))
         bar.close()
-    print(f"wrote {2 * len(queries)} files to {out_dir}")
+    note = f" ({replaced} of them replaced files of an earlier run)" if replaced else ""
+    print(f"wrote {2 * len(queries)} files to {out_dir}{note}")
     return 0
 

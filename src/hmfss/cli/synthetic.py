@@ -37,6 +37,9 @@ def run_synthetic(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hmfss.data.synthetic import SyntheticParams, check_params, generate
+    from hmfss.inputs import check_output_dir
+
+    check_output_dir(args.out, "--out")
 
     params = SyntheticParams(classes=args.classes, images_per_class=args.images_per_class, size=args.size,
                              seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio,

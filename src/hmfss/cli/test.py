@@ -15,7 +15,7 @@ MAX_TABLE_CLASSES = 20  # longer class lists print only the extremes (the JSON h
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from hmfss.cli.predict import add_model_arguments
+    from hmfss.cli.predict import add_max_pixels_argument, add_model_arguments
 
     p = sub.add_parser(
         "test",
@@ -39,7 +39,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2; episodes do not depend on it)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with an error when a query's ground truth is empty or entirely ignored "
+                        "(default: score it and report how many in the summary)")
+    add_max_pixels_argument(p)
     p.set_defaults(func=run)
+
+
+def empty_ground_truths(reader, episodes, skip_bad: bool, use_ignore: bool = True) -> list[str]:
+    """Query names (one per (query, class) pair) whose ground truth has no object pixel or is
+    entirely ignored (``use_ignore``). Such episodes score 0 or nothing whatever the model does."""
+    from hmfss.errors import HmfssError
+
+    empty = []
+    for name, class_id in dict.fromkeys((ep.query, ep.class_id) for ep in episodes):
+        try:
+            mask, ignore = reader.labels(name, class_id)
+        except HmfssError:
+            if skip_bad:
+                continue
+            raise
+        scored = ~ignore if (ignore is not None and use_ignore) else None
+        if not (mask[scored] if scored is not None else mask).any():
+            empty.append(name)
+    return empty
 
 
 def format_table(result: dict) -> str:
@@ -78,17 +101,24 @@ def run(args: argparse.Namespace) -> int:
 
     from hmfss.data.dataset import EpisodeDataset, episode_loader
     from hmfss.data.readers import make_reader
-    from hmfss.atomic import atomic_write_bytes
+    from pathlib import Path
+
+    from hmfss.atomic import atomic_write_bytes, remove_stale_temps
     from hmfss.checkpoint import load_model
     from hmfss.training.distributed import resolve_device
     from hmfss.evaluation.evaluate import evaluate
     from hmfss.errors import HmfssError
     from hmfss.evaluation.metrics import SegmentationMeter
+    from hmfss.cli.predict import check_model_arguments
+    from hmfss.inputs import check_output_dir, check_output_file
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 0:
         raise HmfssError(f"--workers must be >= 0, got {args.workers}")
+    check_model_arguments(args)
+    check_output_file(args.json, "--json")
+    check_output_dir(args.visualize, "--visualize")
     info, episodes, protocol = resolve_episodes(args)
     reader = make_reader(args.benchmark, args.datapath, info)
     if not args.skip_bad_images:
@@ -97,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         if missing is not None:
             raise HmfssError(f"file not found: {missing[1]} (image {missing[0]!r} of the {args.benchmark} "
                              f"{info.split} list; use --skip-bad-images to skip such episodes)")
+    empty = empty_ground_truths(reader, episodes, args.skip_bad_images, args.ignore_255)
+    if empty and args.strict:
+        raise HmfssError(f"the ground truth of {reader.paths(empty[0])[0]} is empty or entirely ignored "
+                         f"({len(empty)} such quer{'y' if len(empty) == 1 else 'ies'}; --strict)")
 
     device = resolve_device(args.device or "auto")
     model = load_model(args.checkpoint, arch=args.arch, backbone=args.backbone, masking=args.masking,
@@ -104,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     model.exact_selection = not args.fast_selection
     img_size = int(args.img_size or model.config.img_size)
 
+    reader.draft = (img_size, img_size)  # huge JPEGs decoded at a reduced scale; masks stay full size
     dataset = EpisodeDataset(reader, episodes, img_size, original_size=args.use_original_imgsize,
                              ignore_255=args.ignore_255)
     loader = episode_loader(dataset, args.batch_size, args.workers)
@@ -139,12 +174,18 @@ def run(args: argparse.Namespace) -> int:
         "per_class": outcome["classes"],
         "buckets": outcome["buckets"],
         "skipped_episodes": outcome["skipped_episodes"],
+        "empty_ground_truth": empty,
     }
     if args.json:
+        remove_stale_temps(Path(args.json).parent)
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     if args.skip_bad_images and outcome["skipped"]:
         print(f"skipped {outcome['skipped']} episode(s) with unreadable images; first: "
               f"{outcome['skipped_episodes'][0]['error']}", file=sys.stderr)
     print(format_table(result))
+    if empty:
+        one = len(empty) == 1
+        print(f"note: {len(empty)} quer{'y' if one else 'ies'} with an empty or entirely ignored ground truth "
+              f"{'was' if one else 'were'} scored (first: {empty[0]}); --strict refuses them")
     return 0
 

@@ -9,7 +9,7 @@ one (image, binary mask, ignore map) triple for a class::
     DATAPATH/COCO2014/annotations/<name .png>           values 0..80 (class id + 1)
     DATAPATH/FSS-1000/<category>/<n>.jpg|.png         FSS-1000, name "<category>/<n>.jpg"
     DATAPATH/<class>/images/<stem>.jpg|png            custom folders, name "<class>/<file>"
-    DATAPATH/<class>/masks/<stem>.png                   0/255, 0/1 or palette masks
+    DATAPATH/<class>/masks/<stem>.png                   0/255, 0/1 or palette masks (rules: hmfss.data.io)
 
 Images are converted to RGB; masks become {0, 1} for the episode's class.
 """
@@ -31,7 +31,7 @@ from hmfss.data.splits import SplitInfo
 class Sample:
     """One loaded image with its binary mask for a class and the ignore map (or None)."""
 
-    image: Image.Image  # RGB
+    image: Image.Image  # RGB, (H, W) or, decoded at a reduced scale (Reader.draft), smaller
     mask: np.ndarray  # (H, W) uint8 {0, 1}
     ignore: np.ndarray | None  # (H, W) bool, True = not evaluated (PASCAL 255)
 
@@ -48,6 +48,9 @@ class Reader:
 
     def __init__(self, datapath: str | Path):
         self.root = Path(datapath)
+        # (width, height) the images are resized to at least: large JPEGs are decoded at a
+        # reduced scale (see hmfss.data.io.read_image); masks keep their full size
+        self.draft: tuple[int, int] | None = None
 
     def check(self) -> None:
         """Raise :class:`HmfssError` naming the first missing dataset folder."""
@@ -65,12 +68,13 @@ class Reader:
 
     def load(self, name: str, class_id: int) -> Sample:
         image_path, mask_path = self.paths(name)
-        image = io.read_image(image_path)
+        width, height = io.check_image_file(image_path)
+        image = io.read_image(image_path, draft=self.draft)
         mask, ignore = self.labels(name, class_id)
-        if mask.shape != (image.height, image.width):
+        if mask.shape != (height, width):
             raise HmfssError(
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
-                f"{image.width}x{image.height}"
+                f"{width}x{height}"
             )
         return Sample(image, mask, ignore)
 
@@ -139,7 +143,7 @@ class FolderReader(Reader):
         return image, mask
 
     def labels(self, name: str, class_id: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return io.read_mask(self.paths(name)[1]), None
+        return io.read_mask_and_ignore(self.paths(name)[1])
 
 
 READERS = {"pascal": PascalReader, "coco": CocoReader, "fss": FssReader}
