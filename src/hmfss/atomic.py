@@ -1,14 +1,56 @@
 """Atomic file writes: a temp file in the target folder, fsync, then rename over the target.
 
 A crash or an interrupt leaves either the old file or the new one, never a half-written file.
+Temp files are named ``.NAME.XXXXXXXX.tmp``; :func:`remove_stale_temps` deletes those an
+interrupted write left behind. Written files get the mode the user's umask gives (as
+``open()`` would), not the private 0600 of the temp file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Callable
+
+# ".NAME." + 8 characters of tempfile's alphabet + ".tmp": what atomic_write creates
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether ``name`` has the shape of an :func:`atomic_write` temp file."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def remove_stale_temps(folder: str | Path, older_than: float = 60.0) -> list[Path]:
+    """Delete the temp files of interrupted atomic writes in ``folder`` (not recursive).
+
+    Only names of hmfss's own pattern (``.NAME.XXXXXXXX.tmp``) untouched for ``older_than``
+    seconds are removed, so that a write in progress by another hmfss process in the same
+    folder is left alone (a folder with a single writer, such as a run directory, may pass 0).
+    Call it when a command starts writing into a folder. Returns what it removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for path in folder.iterdir():
+        if not is_own_temp(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        if now - path.stat().st_mtime >= older_than:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -20,6 +62,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -33,7 +76,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` atomically (see :func:`atomic_write`)."""
-    import torch
+    import torch  # kept out of module import: atomic.py is used by torch-free tools
 
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 

@@ -1,0 +1,55 @@
+"""Atomic writes: files get the umask's mode; stale temp files of hmfss's own naming go."""
+
+import os
+import time
+
+import pytest
+
+from hmfss.atomic import atomic_write_text, is_own_temp, remove_stale_temps
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_file_takes_the_umask_mode(tmp_path, umask):
+    before = os.umask(umask)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "hi")
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("hi")
+    finally:
+        os.umask(before)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_stale_temps_of_our_naming_are_removed(tmp_path):
+    ours = [".last.pt.k2j_9abc.tmp", ".best.pt.abcdefgh.tmp", ".x_mask.png.0123abcd.tmp"]
+    theirs = [".last.pt.tmp", "last.pt.abcdefgh.tmp", ".a.ABCDEFGH.tmp", ".a.abc.tmp", "keep.pt", ".hidden"]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.abcdefgh.tmp").mkdir()
+    hour_ago = time.time() - 3600
+    for path in tmp_path.iterdir():
+        os.utime(path, (hour_ago, hour_ago))
+    (tmp_path / ".fresh.pt.abcdefgh.tmp").write_text("being written by another process")
+    theirs.append(".fresh.pt.abcdefgh.tmp")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + [".dir.abcdefgh.tmp"])
+    assert remove_stale_temps(tmp_path / "missing") == []
+    assert [p.name for p in remove_stale_temps(tmp_path, older_than=0)] == [".fresh.pt.abcdefgh.tmp"]
+
+
+def test_the_pattern_matches_what_atomic_write_creates(tmp_path, monkeypatch):
+    seen = []
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        fd, name = real(*args, **kwargs)
+        seen.append(os.path.basename(name))
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    atomic_write_text(tmp_path / "history.jsonl", "{}")
+    assert len(seen) == 1 and is_own_temp(seen[0])
