@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +49,9 @@ from hmfss.training.distributed import (
     DistInfo,
     all_reduce_sum,
     any_rank,
-    broadcast_object,
     cleanup,
     init_distributed,
+    on_main_rank,
     reduce_meter,
     seed_everything,
     shard,
@@ -140,9 +140,9 @@ class Trainer:
                              f"{info.world_size} processes")
         self.info = info
         self.dir = RunDir(self.run_dir, self.cfg, info)
-        self.from_last = self._on_main(lambda: self.dir.check(self.resume))
+        self.from_last = on_main_rank(lambda: self.dir.check(self.resume), info)
         self._build()  # before the run directory is created: bad settings or data leave nothing behind
-        removed = self._on_main(self.dir.create)
+        removed = on_main_rank(self.dir.create, info)
         self.log = make_logger(self.run_dir, info, self.console)
         self.board = Board(self.run_dir, self.cfg.tensorboard and info.is_main)
         try:
@@ -160,20 +160,6 @@ class Trainer:
         finally:
             self.board.close()
             close_logger(self.log)
-
-    def _on_main(self, work: Callable[[], Any]) -> Any:
-        """``work()`` on rank 0 (the only one that touches the run directory), its result or
-        its error on every rank."""
-        error = result = None
-        if self.info.is_main:
-            try:
-                result = work()
-            except HmfssError as exc:
-                error = str(exc)
-        error, result = broadcast_object((error, result), self.info)
-        if error:
-            raise HmfssError(error)
-        return result
 
     # -- setup ----------------------------------------------------------------------------------
 

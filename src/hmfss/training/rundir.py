@@ -36,7 +36,6 @@ from hmfss.checkpoint import read_checkpoint, save_checkpoint
 from hmfss.errors import HmfssError
 from hmfss.evaluation.metrics import SegmentationMeter
 from hmfss.training.config import TrainConfig, read_config_file, validate, write_config
-from hmfss.training.divergence import finite_weights
 from hmfss.training.distributed import (
     DistInfo,
     all_gather_objects,
@@ -45,6 +44,7 @@ from hmfss.training.distributed import (
     seed_everything,
     set_rng_state,
 )
+from hmfss.training.divergence import finite_weights
 from hmfss.training.optim import check_optimizer_state
 from hmfss.weights import load_state
 
