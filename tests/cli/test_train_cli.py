@@ -66,6 +66,30 @@ def test_missing_run_directory_and_missing_logdir(bench, tmp_path, capsys):
     assert "--logdir RUN" in capsys.readouterr().err
 
 
+def test_a_diverging_run_stops_with_one_line_and_saves_no_checkpoint(bench, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(bench, run, "--epochs", "2", "--lr", "1e6", "--no-progress")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("hmfss: error: training diverged at epoch 1 step ") and "lr 1e+06" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
+    assert "stopped: training diverged" in (run / "log.txt").read_text()
+
+
+def test_the_command_line_resolves_the_settings_once(bench, tmp_path, monkeypatch):
+    from hmfss.training import config, loop
+
+    calls = []
+    real = config.resolve
+    monkeypatch.setattr(config, "resolve", lambda cfg: calls.append(cfg) or real(cfg))
+    monkeypatch.setattr(loop, "resolve", lambda cfg: pytest.fail("the trainer resolved the config again"))
+    run = tmp_path / "run"
+    assert main(_args(bench, run, "--epochs", "1", "--augmentation", "photometric")) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert len(calls) == 2  # once per command
+    assert "augmentation photometric" in (run / "log.txt").read_text()
+
+
 # ---- VAT and ASNet with their recipes (the originals' optimisers and image sizes) ----------------
 
 

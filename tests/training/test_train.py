@@ -285,3 +285,74 @@ def test_training_meter_scores_a_batch_like_single_episodes():
     fresh = SegmentationMeter([0, 1], 2)
     fresh.load_arrays({k: torch.as_tensor(v) for k, v in saved.items()})
     assert fresh.summary() == meter.summary()
+
+
+# ---- divergence, runs stopped before their first checkpoint, stale temp files ---------------------
+
+
+def _poisoned_step(monkeypatch, at_step: int, poison: str):
+    """Make the ``at_step``-th optimisation step (1-based, of the process) diverge: a NaN loss,
+    or an infinite weight after a step whose loss is finite."""
+    from hmfss.training import loop
+
+    real, calls = loop.train_step, []
+
+    def step(parts, batch):
+        loss, preds = real(parts, batch)
+        calls.append(1)
+        if len(calls) == at_step:
+            if poison == "loss":
+                return float("nan"), preds
+            with torch.no_grad():
+                next(p for p in parts.model.parameters() if p.requires_grad).view(-1)[0] = float("inf")
+        return loss, preds
+
+    monkeypatch.setattr(loop, "train_step", step)
+
+
+@pytest.mark.parametrize("poison, problem", [("loss", "the loss is nan"), ("weight", "a weight became NaN or infinite")])
+def test_divergence_stops_the_run_and_never_reaches_a_checkpoint(bench, tmp_path, monkeypatch, poison, problem):
+    from hmfss.training.divergence import Diverged
+
+    good = train(tiny_config(bench, tmp_path / "good", epochs=1), console=False)
+    _poisoned_step(monkeypatch, 6, poison)  # epoch 2, its 2nd step (4 steps per epoch)
+    with pytest.raises(Diverged, match=f"training diverged at epoch 2 step 2: {problem} \\(lr 0.001\\)"):
+        train(tiny_config(bench, tmp_path / "run"), console=False)
+    run = tmp_path / "run"
+    last, best = _weights(run / "last.pt"), _weights(run / "best.pt")
+    assert (last["epoch"], last["step"], best["epoch"]) == (1, 0, 1)  # what epoch 1 wrote, nothing later
+    _same_state(good.state, last["model"])
+    _same_state(good.state, best["model"])
+    assert [json.loads(row)["epoch"] for row in (run / "history.jsonl").read_text().splitlines()] == [1]
+    assert f"stopped: training diverged at epoch 2 step 2: {problem}" in (run / "log.txt").read_text()
+
+
+def test_resume_before_the_first_checkpoint_starts_from_the_beginning(bench, tmp_path):
+    full = train(tiny_config(bench, tmp_path / "full"), console=False)
+    run = tmp_path / "cut"
+    with pytest.raises(TrainingStopped):
+        train(tiny_config(bench, run), console=False, stop_after_steps=3)
+    assert (run / "config.yaml").is_file() and not (run / "last.pt").exists()
+    with pytest.raises(HmfssError, match="already holds a training run; continue it with --resume"):
+        train(tiny_config(bench, run), console=False)
+    stale = [".last.pt.ab_12cde.tmp", ".config.yaml.zz9abcde.tmp"]
+    for name in stale + ["notes.tmp", ".last.pt.tmp"]:  # the last two are not hmfss temp names
+        (run / name).write_text("x")
+    resumed = train(resume_config(run), resume=True, console=False)
+    _same_state(full.state, resumed.state)
+    log = (run / "log.txt").read_text()
+    assert "no last.pt in" in log and "starting the run from the beginning" in log
+    assert "removed 2 temp file(s) of interrupted writes: " in log
+    assert not any((run / name).exists() for name in stale)
+    assert (run / "notes.tmp").exists() and (run / ".last.pt.tmp").exists()
+
+
+def test_train_accepts_resolved_settings_and_resolves_nothing_again(bench, tmp_path, monkeypatch):
+    from hmfss.training import loop
+    from hmfss.training.config import resolve
+
+    settings = resolve(tiny_config(bench, tmp_path / "run", epochs=1, augmentation={"p": 0.5}))
+    monkeypatch.setattr(loop, "resolve", lambda cfg: pytest.fail("resolved a second time"))
+    result = train(settings, console=False)
+    assert result.epochs == 1
+    assert "augmentation photometric, each op with p 0.5" in (tmp_path / "run" / "log.txt").read_text()

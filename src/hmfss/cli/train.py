@@ -3,7 +3,9 @@ each head's original recipe), single process or DDP under ``torchrun``.
 
 Settings come from the defaults, then ``--config FILE`` (YAML or JSON), then the flags given
 on the command line. ``--resume RUN`` continues RUN from its ``last.pt`` with RUN's saved
-config (only run-time settings such as --epochs or --workers may be changed).
+config (only run-time settings such as --epochs or --workers may be changed); a run stopped
+before its first ``last.pt`` starts again from the beginning. A run whose loss or weights
+become NaN or infinite stops with one line (exit status 2) and saves nothing of that step.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def overrides_from_args(args: argparse.Namespace, names: set[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `hmfss --help` imports every command and should not wait for torch
-    from hmfss.training.config import config_fields, resolve_config
+    from hmfss.training.config import config_fields, resolve, resolve_settings
     from hmfss.training.distributed import launch_rank
     from hmfss.training.loop import TrainingStopped, train
     from hmfss.training.rundir import resume_config
@@ -140,15 +142,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise HmfssError("--resume uses the run's own config.yaml; do not pass --config")
-        cfg = resume_config(args.resume, overrides)
+        settings = resolve(resume_config(args.resume, overrides))
     else:
-        cfg = resolve_config(args.config, overrides)
-        if not cfg.logdir:
+        settings = resolve_settings(args.config, overrides)
+        if not settings.config.logdir:
             raise HmfssError("give a run directory with --logdir RUN (or --resume RUN)")
     try:
-        result = train(cfg, resume=bool(args.resume), stop_after_steps=getattr(args, "stop_after_steps", None))
+        result = train(settings, resume=bool(args.resume), stop_after_steps=getattr(args, "stop_after_steps", None))
     except TrainingStopped as exc:
-        print(f"hmfss: {exc}; continue with: hmfss train --resume {cfg.logdir}")
+        print(f"hmfss: {exc}; continue with: hmfss train --resume {settings.config.logdir}")
         return 3
     if launch_rank() == 0:
         print(f"best val mIoU {result.best_miou:.2f} (epoch {result.best_epoch}); best checkpoint "

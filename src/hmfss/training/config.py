@@ -9,6 +9,7 @@ resolved configuration as ``config.yaml``; ``--resume RUN`` reads it back.
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -166,9 +167,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return check_values(data, str(path))
 
 
-def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def resolve_settings(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainSettings:
     """Defaults, then the file's settings, then ``overrides`` (e.g. command-line flags), then
-    the head's recipe for what is still unset; validated."""
+    the head's recipe for what is still unset; validated and resolved once (:func:`resolve`)."""
     merged: dict[str, Any] = {}
     if file is not None:
         merged.update(read_config_file(file))
@@ -176,12 +177,21 @@ def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | N
         merged.update(check_values(overrides, "command line"))
     cfg = TrainConfig(**merged)
     validate(cfg)
-    return resolve_recipe(cfg)
+    return resolve(cfg)
+
+
+def resolve_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The configuration of :func:`resolve_settings` (what config.yaml stores)."""
+    return resolve_settings(file, overrides).config
 
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks that need neither the data nor the head (:func:`resolve` checks the
-    augmentation and the arch)."""
+    augmentation and the arch). Every number must be finite (a NaN learning rate would only
+    show up as a NaN loss, or as a traceback of the optimiser)."""
+    for name, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise HmfssError(f"{name} must be a finite number, got {value}")
     if cfg.val_split not in VAL_SPLITS:
         raise HmfssError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {cfg.val_split!r}")
     for name in ("bsz", "epochs"):
@@ -205,6 +215,16 @@ def validate(cfg: TrainConfig) -> None:
         raise HmfssError("workers and checkpoint_every must not be negative")
     if not 0.0 < cfg.heldout_ratio < 1.0:
         raise HmfssError(f"heldout_ratio must be in (0, 1), got {cfg.heldout_ratio}")
+
+
+def _numbers(cfg: TrainConfig) -> list[tuple[str, float]]:
+    """(name, value) of every float setting, including those of an augmentation mapping."""
+    out = [(f.name, getattr(cfg, f.name)) for f in fields(cfg) if isinstance(getattr(cfg, f.name), float)]
+    if isinstance(cfg.augmentation, dict):
+        for key, value in cfg.augmentation.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            out += [(f"augmentation {key}", v) for v in values if isinstance(v, float)]
+    return out
 
 
 def _first_set(*values: Any) -> Any:

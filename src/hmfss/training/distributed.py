@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -152,6 +152,21 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main_rank(work: Callable[[], Any], info: DistInfo) -> Any:
+    """``work()`` on rank 0 only (e.g. what touches the run directory); its result, or its
+    :class:`HmfssError` raised again, on every rank."""
+    error = result = None
+    if info.is_main:
+        try:
+            result = work()
+        except HmfssError as exc:
+            error = str(exc)
+    error, result = broadcast_object((error, result), info)
+    if error:
+        raise HmfssError(error)
+    return result
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

@@ -14,6 +14,10 @@ an interrupted-then-resumed run ends with the same weights as an uninterrupted o
 device, world size and worker-free determinism). Augmented training images are too: each
 episode's augmentation is drawn from a generator seeded by (seed, epoch, position of the
 episode in the epoch), in the data-loading workers.
+
+A NaN or infinite loss or weight stops the run with one line before anything is saved
+(:mod:`hmfss.training.divergence`). Resuming a run that holds no ``last.pt`` yet (stopped
+before its first checkpoint) starts it from the beginning.
 """
 
 from __future__ import annotations
@@ -38,22 +42,31 @@ from hmfss.errors import HmfssError
 from hmfss.evaluation.evaluate import evaluate
 from hmfss.evaluation.metrics import SegmentationMeter
 from hmfss.model import build_model
-from hmfss.training.config import TrainConfig, resolve, validate
+from hmfss.training.config import TrainConfig, TrainSettings, resolve, validate
 from hmfss.training.data import epoch_loader, setup_data
 from hmfss.training.distributed import (
     DistInfo,
     all_reduce_sum,
     any_rank,
-    broadcast_object,
     cleanup,
     init_distributed,
+    on_main_rank,
     reduce_meter,
     seed_everything,
     shard,
 )
+from hmfss.training.divergence import Diverged, diverged_message, step_problem
 from hmfss.training.optim import build_optimizer, describe_optimizer
 from hmfss.training.precision import autocast, describe_amp, grad_scaler
-from hmfss.training.rundir import Board, EpochProgress, RunDir, RunState, close_logger, make_logger
+from hmfss.training.rundir import (
+    Board,
+    EpochProgress,
+    RunDir,
+    RunState,
+    close_logger,
+    log_to_file,
+    make_logger,
+)
 from hmfss.training.step import StepParts, train_step
 
 
@@ -71,9 +84,13 @@ class TrainResult:
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # final model weights (CPU), on every rank
 
 
-def train(cfg: TrainConfig, resume: bool = False, console: bool = True,
+def train(cfg: TrainConfig | TrainSettings, resume: bool = False, console: bool = True,
           stop_after_steps: int | None = None) -> TrainResult:
-    """Run (or with ``resume`` continue) the training described by ``cfg``; see the module doc."""
+    """Run (or with ``resume`` continue) the training described by ``cfg``; see the module doc.
+
+    ``cfg``: resolved settings (:func:`~hmfss.training.config.resolve`), or a config that is
+    validated and resolved here.
+    """
     return Trainer(cfg, resume=resume, console=console, stop_after_steps=stop_after_steps).run()
 
 
@@ -95,17 +112,19 @@ def _rates(sums: np.ndarray, seconds: float) -> tuple[float, float]:
 class Trainer:
     """One training run; see the module docstring. Use :func:`train`."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, console: bool = True,
+    def __init__(self, cfg: TrainConfig | TrainSettings, resume: bool = False, console: bool = True,
                  stop_after_steps: int | None = None):
-        validate(cfg)
-        if not cfg.logdir:
+        if isinstance(cfg, TrainConfig):
+            validate(cfg)
+            cfg = resolve(cfg)
+        if not cfg.config.logdir:
             raise HmfssError("no run directory: give --logdir RUN")
-        self.settings = resolve(cfg)
-        self.cfg = self.settings.config
+        self.settings = cfg
+        self.cfg = cfg.config
         self.resume = resume
         self.console = console
         self.stop_after_steps = stop_after_steps
-        self.run_dir = Path(cfg.logdir)
+        self.run_dir = Path(self.cfg.logdir)
 
     def run(self) -> TrainResult:
         info = init_distributed(self.cfg.device)
@@ -120,60 +139,67 @@ class Trainer:
                              f"{info.world_size} processes")
         self.info = info
         self.dir = RunDir(self.run_dir, self.cfg, info)
-        error = None
-        if info.is_main:
-            try:
-                self.dir.prepare(self.resume)
-            except HmfssError as exc:
-                error = str(exc)
-        error = broadcast_object(error, info)
-        if error:
-            raise HmfssError(error)
+        self.from_last = on_main_rank(lambda: self.dir.check(self.resume), info)
+        self._build()  # before the run directory is created: bad settings or data leave nothing behind
+        removed = on_main_rank(self.dir.create, info)
         self.log = make_logger(self.run_dir, info, self.console)
         self.board = Board(self.run_dir, self.cfg.tensorboard and info.is_main)
         try:
-            self._setup()
+            if removed:
+                self.log.info(f"removed {len(removed)} temp file(s) of interrupted writes: "
+                              + ", ".join(p.name for p in removed))
+            if self.resume and not self.from_last:
+                self.log.info(f"no last.pt in {self.run_dir} (stopped before its first checkpoint): "
+                              f"starting the run from the beginning")
+            self._start()
             return self._train()
+        except Diverged as exc:
+            log_to_file(self.log, f"stopped: {exc}")
+            raise
         finally:
             self.board.close()
             close_logger(self.log)
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def _setup(self) -> None:
-        """Model, data, optimiser and sizes; the run state (restored on resume); the start log."""
+    def _build(self) -> None:
+        """Model, data, optimiser, scaler and sizes: everything that reads the inputs."""
         cfg, info = self.cfg, self.info
         seed_everything(cfg.seed)  # same initial head weights on every rank
         self.model = model_from_config(cfg).to(info.device)
         self.data = setup_data(cfg)
-        optimizer = build_optimizer(self.model, cfg)
-        scaler = grad_scaler(info.device, cfg.amp)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scaler = grad_scaler(info.device, cfg.amp)
         epoch_size = cfg.episodes_per_epoch or self.data.train_info.default_episodes
         self.epoch_size = epoch_size - epoch_size % info.world_size if info.enabled else epoch_size
         if self.epoch_size < 1:
             raise HmfssError(f"{epoch_size} episodes per epoch cannot be shared by {info.world_size} processes")
         self.local_bsz = cfg.bsz // info.world_size
         self.steps_per_epoch = math.ceil(self.epoch_size / info.world_size / self.local_bsz)
+
+    def _start(self) -> None:
+        """The run state (restored from last.pt when there is one), config.yaml, the start log."""
+        cfg, info = self.cfg, self.info
         self.partial: dict[str, Any] | None = None
-        if self.resume:
-            self.state, self.partial = self.dir.load_last(self.model, optimizer, scaler, self.log)
+        if self.from_last:
+            self.state, self.partial = self.dir.load_last(self.model, self.optimizer, self.scaler, self.log)
         else:
             self.state = RunState()
             seed_everything(cfg.seed + info.rank)
         self.dir.write_config()
-        self._log_start(optimizer)
-        self.parts = StepParts(self._wrap(self.model), self.model, optimizer, scaler, info.device, cfg.amp,
-                               info.enabled)
+        self._log_start(self.optimizer)
+        self.parts = StepParts(self._wrap(self.model), self.model, self.optimizer, self.scaler, info.device,
+                               cfg.amp, info.enabled)
         val_shard = shard(self.data.val_episodes, info.rank, info.world_size, equal=False)
         self.val_set = EpisodeDataset(self.data.reader, val_shard, self.model.config.img_size)
 
     def _log_start(self, optimizer: torch.optim.Optimizer) -> None:
         cfg, info, log, state = self.cfg, self.info, self.log, self.state
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        log.info(("resumed" if self.resume else "started") + f" {self.run_dir}: {cfg.arch}/{cfg.backbone} masking "
+        log.info(("resumed" if self.from_last else "started") + f" {self.run_dir}: {cfg.arch}/{cfg.backbone} masking "
                  f"{cfg.masking}, {n_params:,} learnable parameters, img {self.model.config.img_size}, "
                  f"device {info.device}" + (f", {info.world_size} processes ({info.backend})" if info.enabled else ""))
-        if self.resume:
+        if self.from_last:
             log.info(f"resuming at epoch {state.epoch + 1} step {state.step} (global step {state.global_step}), "
                      f"best val mIoU so far {max(state.best_miou, 0):.2f}")
         log.info(f"training: {cfg.benchmark} {len(self.data.train_info.classes_in_use)} classes, {self.epoch_size} "
@@ -271,6 +297,10 @@ class Trainer:
                 raise HmfssError(batch["errors"][0][1])
             progress.sums[2] += len(batch["errors"])
         loss, preds = train_step(self.parts, batch)
+        problem = step_problem(loss, self.model)
+        if any_rank(problem is not None, self.info):
+            raise Diverged(diverged_message(problem or "the loss or a weight became non-finite on another process",
+                                            self.state.epoch + 1, self.state.step + 1, self.cfg.lr))
         if preds is not None:
             progress.meter.add_batch(batch["class_id"].tolist(), preds, batch["query_mask"])
         progress.sums[0] += loss * batch["size"]

@@ -11,6 +11,10 @@
 
 Only rank 0 writes files. ``last.pt`` holds every rank's RNG states and, when written inside
 an epoch, every rank's running sums of that epoch, so that a resumed run goes on exactly.
+
+After a crash: every file is written atomically (temp file + rename); the temp files of writes
+a crash interrupted are removed when the run starts or resumes. Resuming a run that was
+stopped before its first ``last.pt`` (it holds config.yaml only) starts it from the beginning.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmfss.atomic import atomic_write_text
+from hmfss.atomic import atomic_write_text, remove_stale_temps
 from hmfss.checkpoint import read_checkpoint, save_checkpoint
 from hmfss.errors import HmfssError
 from hmfss.evaluation.metrics import SegmentationMeter
@@ -40,11 +44,17 @@ from hmfss.training.distributed import (
     seed_everything,
     set_rng_state,
 )
+from hmfss.training.divergence import finite_weights
 from hmfss.training.optim import check_optimizer_state
+from hmfss.weights import load_state
 
 LOGGER_NAME = "hmfss.train"
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_miou", "train_fb_iou", "val_miou", "val_fb_iou",
                   "best_miou", "best_epoch", "lr", "episodes", "episodes_per_s", "epoch_seconds")
+
+# what a last.pt holds beside the model (a best.pt has none of it)
+LAST_ENTRIES = {"optimizer": dict, "epoch": int, "step": int, "global_step": int, "best_miou": float,
+                "best_epoch": int}
 
 # settings that may differ between a run and its resumption
 RESUMABLE_OVERRIDES = frozenset({
@@ -93,7 +103,8 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raise HmfssError(f"run directory not found: {run_dir}")
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise HmfssError(f"{run_dir} is not a training run (no config.yaml)")
+        raise HmfssError(f"{run_dir} is not a training run (no config.yaml); a run stopped before it wrote "
+                         f"config.yaml starts again with its original command")
     cfg = TrainConfig(**read_config_file(path))
     cfg.logdir = str(run_dir)
     return cfg
@@ -129,15 +140,28 @@ class RunDir:
     def last(self) -> Path:
         return self.path / "last.pt"
 
-    def prepare(self, resume: bool) -> None:
-        """Check that the directory fits a new run (or holds one to resume) and create it."""
+    def check(self, resume: bool) -> bool:
+        """Check that the directory fits a new run (or, with ``resume``, holds one); changes
+        nothing. Returns whether there is a last.pt to resume from: resuming a run stopped
+        before its first checkpoint starts it from the beginning."""
+        if self.path.exists() and not self.path.is_dir():
+            raise HmfssError(f"run directory {self.path} is a file, not a folder")
         if resume:
-            if not self.last.is_file():
-                raise HmfssError(f"cannot resume: {self.last} not found")
+            if self.last.exists() and not self.last.is_file():
+                raise HmfssError(f"cannot resume: {self.last} is not a file")
         elif self.last.is_file() or (self.path / "config.yaml").is_file():
             raise HmfssError(f"{self.path} already holds a training run; continue it with --resume "
                              f"{self.path} or choose another --logdir")
-        self.path.mkdir(parents=True, exist_ok=True)
+        return self.last.is_file()
+
+    def create(self) -> list[Path]:
+        """Create the directory and remove the temp files of writes a crash interrupted (this
+        run is the folder's only writer). Returns the removed files."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HmfssError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
+        return remove_stale_temps(self.path, older_than=0.0)
 
     def write_config(self) -> None:
         if self.info.is_main:
@@ -178,7 +202,10 @@ class RunDir:
         """
         saved = read_checkpoint(self.last) if self.info.is_main else None
         saved = broadcast_object(saved, self.info)
-        model.load_state_dict(saved["model"])
+        check_last(saved, self.last)
+        load_state(model, saved["model"], self.last)
+        if not finite_weights(model, trainable_only=False):
+            raise HmfssError(f"cannot resume: {self.last} holds NaN or infinite weights")
         check_optimizer_state(optimizer, saved, self.last)
         optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
@@ -197,6 +224,20 @@ class RunDir:
             seed_everything(self.cfg.seed + 1000 * state.epoch + self.info.rank)
         partial = saved["partial"][self.info.rank] if saved.get("partial") else None
         return state, partial
+
+
+def check_last(saved: dict[str, Any], path: Path) -> None:
+    """``saved`` must be what :meth:`RunDir.save_last` writes: the model's tensors and the run's
+    state (a best.pt, for one, has no optimizer state)."""
+    model = saved.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise HmfssError(f"cannot resume: {path} is not the last.pt of a training run (no model weights)")
+    for key, kind in LAST_ENTRIES.items():
+        value = saved.get(key)
+        if key not in saved or not isinstance(value, (int, float) if kind is float else kind) \
+                or isinstance(value, bool):
+            raise HmfssError(f"cannot resume: {path} is not the last.pt of a training run ({key!r} entry "
+                             f"missing or invalid; a best.pt copied over it?)")
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -230,6 +271,14 @@ def make_logger(run_dir: Path, info: DistInfo, console: bool) -> logging.Logger:
     else:
         logger.addHandler(logging.NullHandler())
     return logger
+
+
+def log_to_file(logger: logging.Logger, message: str) -> None:
+    """Write ``message`` to log.txt only (the caller reports it on the console itself)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def close_logger(logger: logging.Logger) -> None:
