@@ -1,6 +1,7 @@
 import torch
 
 from hmfss.correlation import EPS, cosine_correlation, hypercorrelation
+from hmfss.fast.correlation import query_major_hypercorrelation
 
 
 def _naive(q, s):
@@ -56,7 +57,7 @@ def test_query_major_layout_has_the_same_values_and_query_major_memory():
     qs = [torch.randn(2, 1, c, h, h) for c, h in sizes]
     ss = [torch.randn(2, 3, c, h + 1, h) for c, h in sizes]
     plain = hypercorrelation(qs, ss, levels=(2, 2, 2))
-    fast = hypercorrelation(qs, ss, levels=(2, 2, 2), query_major=True)
+    fast = query_major_hypercorrelation(qs, ss, levels=(2, 2, 2))
     for a, b in zip(plain, fast):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a)
@@ -69,12 +70,12 @@ def test_query_major_buffers_are_reused_until_the_shape_changes():
     qs = [torch.randn(1, 1, 3, 4, 4) for _ in range(3)]
     ss = [torch.randn(1, 1, 3, 4, 4) for _ in range(3)]
     buffers: dict = {}
-    first = hypercorrelation(qs, ss, (1, 1, 1), query_major=True, buffers=buffers)
+    first = query_major_hypercorrelation(qs, ss, (1, 1, 1), buffers=buffers)
     expected = [c.clone() for c in first]
-    again = hypercorrelation(qs, ss, (1, 1, 1), query_major=True, buffers=buffers)
+    again = query_major_hypercorrelation(qs, ss, (1, 1, 1), buffers=buffers)
     assert [a.data_ptr() for a in again] == [f.data_ptr() for f in first]
     for a, e in zip(again, expected):
         torch.testing.assert_close(a, e)
-    bigger = hypercorrelation([q.expand(2, -1, -1, -1, -1) for q in qs], ss, (1, 1, 1), query_major=True, buffers=buffers)
+    bigger = query_major_hypercorrelation([q.expand(2, -1, -1, -1, -1) for q in qs], ss, (1, 1, 1), buffers=buffers)
     assert bigger[0].shape[0] == 2 and bigger[0].data_ptr() != first[0].data_ptr()
     assert buffers[0] is not None and buffers[0].shape[0] == 2

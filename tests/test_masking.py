@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from hmfss.errors import HmfssError
+from hmfss.fast.masking import mask_support_features_in_place, mask_window
 from hmfss.masking import (
     STRATEGIES,
     feature_mask,
     input_mask,
     mask_support_features,
-    mask_window,
     needs_input_masking,
     resize_mask,
 )
@@ -65,11 +65,11 @@ def test_overwriting_the_input_masked_maps_gives_the_same_results(name):
     expected = mask_support_features(name, [F], [IM], MASK)[0]
     scratch = IM.clone()
     with torch.no_grad():
-        out = mask_support_features(name, [F], [scratch], MASK, overwrite_im=True)[0]
+        out = mask_support_features_in_place(name, [F], [scratch], MASK)[0]
     assert torch.equal(out, expected)
     if name.startswith("hm"):  # the hybrid results land in the scratch maps
         assert out.data_ptr() == scratch.data_ptr()
-    assert torch.equal(mask_support_features(name, [F], [IM], MASK)[0], expected)  # default: IM untouched
+    assert torch.equal(mask_support_features(name, [F], [IM], MASK)[0], expected)  # the plain rule: IM untouched
 
 
 def test_mask_window_is_the_smallest_box_over_the_batch():
@@ -99,7 +99,10 @@ def test_hm_inside_the_mask_window_equals_the_rule_on_the_whole_map(overwrite):
     originals = [i.clone() for i in ims]
     scratch = [i.clone() for i in ims]
     with torch.no_grad():
-        out = mask_support_features("hm", feats, scratch if overwrite else ims, mask, overwrite_im=overwrite)
+        if overwrite:
+            out = mask_support_features_in_place("hm", feats, scratch, mask)
+        else:
+            out = mask_support_features("hm", feats, ims, mask)
     for o, e in zip(out, expected):
         assert torch.equal(o, e)
     assert torch.equal(out[0][:, :, 0, 0], ims[0][:, :, 0, 0])  # IM kept outside the window
@@ -110,6 +113,19 @@ def test_hm_with_an_empty_mask_is_input_masking():
     feats, ims = [torch.randn(1, 4, 5, 5)], [torch.randn(1, 4, 5, 5)]
     out = mask_support_features("hm", feats, ims, torch.zeros(1, 10, 10))[0]
     assert torch.equal(out, ims[0]) and out.data_ptr() != ims[0].data_ptr()
+    scratch = [ims[0].clone()]
+    with torch.no_grad():
+        out = mask_support_features_in_place("hm", feats, scratch, torch.zeros(1, 10, 10))[0]
+    assert torch.equal(out, ims[0]) and out.data_ptr() == scratch[0].data_ptr()
+
+
+def test_in_place_masking_under_autograd_is_the_plain_rule():
+    feat, im = torch.randn(1, 3, 6, 6, requires_grad=True), torch.randn(1, 3, 6, 6)
+    mask = torch.zeros(1, 6, 6)
+    mask[0, 1:3, 2:5] = 1
+    out = mask_support_features_in_place("hm", [feat], [im], mask)[0]
+    assert out.requires_grad and out.data_ptr() != im.data_ptr()
+    assert torch.equal(out, _plain_hm(feat, im, mask))
 
 
 def test_hm_stays_differentiable_for_features_that_require_grad():

@@ -2,9 +2,13 @@ import pytest
 import torch
 
 from helpers import make_episode
+from helpers.golden import init_by_name
 from hmfss import build_model, vote
-from hmfss.model import foreground
 from hmfss.errors import HmfssError
+from hmfss.fast.path import CpuFastPath
+from hmfss.fast.traits import FastInputs
+from hmfss.masking import STRATEGIES
+from hmfss.model import REFERENCE_PATH, ExecutionPath, ReferencePath, foreground
 
 
 def test_vote_on_hand_made_votes():
@@ -101,7 +105,8 @@ def test_training_updates_only_the_head():
     ("hm", "support", True, True), ("hm-reverse", "im", True, True), ("fm", None, True, True),
     ("hm", None, False, True), ("hm-reverse", None, False, True), ("hm", "all", False, False),
 ])
-def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact, exact_selection, cl_head):
+def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact, exact_selection, cl_head,
+                                                              monkeypatch):
     """HSNet on the CPU: channels-last passes through the BatchNorm-folded copy, except the
     images whose feature signs choose between FM and IM, which keep the reference layout and
     modules (so the choice is bit-identical), unless ``exact_selection`` is off. Heads that
@@ -109,12 +114,13 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
     q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
     named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
     calls = []
-    spied = [model.backbone, model._folded_backbone()]
+    spied = [model.backbone, model.cpu_path.folded_backbone(model.backbone)]
     for which, net in zip(("reference", "folded"), spied):
         net.forward = lambda images, which=which, forward=net.forward: calls.append((which, images)) or forward(images)
     old_masking, model.config.masking = model.config.masking, masking
     model.exact_selection = exact_selection
-    model.head.channels_last_features = cl_head
+    if not cl_head:  # a head that declares no fast inputs
+        monkeypatch.setattr("hmfss.fast.path.fast_inputs", lambda head: FastInputs())
     try:
         with torch.no_grad():
             model.predict_mask(q, s, m)
@@ -123,7 +129,6 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
             del net.forward
         model.config.masking = old_masking
         model.exact_selection = True
-        del model.head.channels_last_features
     layouts = {}
     for which, images in calls:
         for name, ref in named.items():
@@ -140,12 +145,12 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
 def test_folded_backbone_is_rebuilt_when_the_backbone_changes():
     torch.manual_seed(1)
     model = build_model("hsnet", "resnet50", "hm").eval()
-    folded = model._folded_backbone()
-    assert model._folded_backbone() is folded  # cached
-    assert "_folded_cache" not in str(list(model.state_dict()))
+    folded = model.cpu_path.folded_backbone(model.backbone)
+    assert model.cpu_path.folded_backbone(model.backbone) is folded  # cached
+    assert len(model.state_dict()) == len(model.backbone.state_dict()) + len(model.head.state_dict())
     state = {k: v + 0.01 if k.endswith("running_mean") else v for k, v in model.backbone.state_dict().items()}
     model.backbone.load_state_dict(state)
-    rebuilt = model._folded_backbone()
+    rebuilt = model.cpu_path.folded_backbone(model.backbone)
     assert rebuilt is not folded
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -188,7 +193,7 @@ def test_fast_cpu_path_equals_the_plain_modules_composed_step_by_step(masking):
     channels-last 4D layers, dense small-plane convs) against the same modules run plainly:
     NCHW backbone passes, masking, plain correlation, each head block as an nn.Sequential."""
     from hmfss.correlation import hypercorrelation
-    from hmfss.heads.conv4d import resize_query_dims
+    from hmfss.heads.volume import resize_query_dims
     from hmfss.heads.hsnet import decode
     from hmfss.masking import input_mask, mask_support_features
 
@@ -217,3 +222,61 @@ def test_fast_cpu_path_equals_the_plain_modules_composed_step_by_step(masking):
     margin = (expected[:, 1] - expected[:, 0]).abs()
     differ = foreground(got) != foreground(expected)
     assert not differ[margin > 1e-3 * scale].any()  # masks agree wherever the logits are not tied
+
+
+def _assert_same_prediction(got, expected):
+    """Logits equal to float rounding; masks equal wherever the two logits are not tied."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+    margin = (expected[:, 1] - expected[:, 0]).abs()
+    differ = foreground(got) != foreground(expected)
+    assert not differ[margin > 1e-3 * scale].any()
+
+
+# VAT (slow on a CPU) with HM only: it declares no fast inputs, so its two paths differ only in
+# how the backbone batches go (and every masking takes the same route through its head)
+CASES = [(a, m) for a in ("hsnet", "asnet") for m in STRATEGIES] + [("vat", "hm")]
+SIZES = {"hsnet": 64, "asnet": 257, "vat": 64}
+
+
+@pytest.mark.parametrize("arch,masking", CASES)
+def test_cpu_fast_path_equals_the_reference_path(arch, masking):
+    """The default CPU path (folded channels-last passes, in-place masking, query-major
+    correlation, one shot per pass) against ``model.path = ReferencePath()``."""
+    model = build_model(arch, "resnet50", masking).eval()
+    init_by_name(model)  # non-trivial BatchNorm statistics, so that folding changes the arithmetic
+    q, s, m = make_episode(batch=1, shots=1 if arch == "vat" else 2, size=SIZES[arch], seed=9)
+
+    def logits():
+        with torch.no_grad():
+            return model.lowres_logits(model.encode_query(q), model.encode_support(s, m)).flatten(0, 1)
+
+    assert model.execution_path(q.device) is model.cpu_path
+    fast = logits()
+    model.path = ReferencePath()  # the one-line switch
+    _assert_same_prediction(fast, logits())
+
+
+def test_the_path_is_chosen_in_one_place():
+    model = build_model("hsnet", "efficientnet-lite0", "hm")
+    assert isinstance(model.cpu_path, ExecutionPath) and isinstance(REFERENCE_PATH, ExecutionPath)
+    assert model.execution_path(torch.device("cpu")) is model.cpu_path
+    assert model.execution_path(torch.device("cuda")) is REFERENCE_PATH  # a device object only
+    model.path = forced = CpuFastPath()
+    assert model.execution_path(torch.device("cuda")) is forced
+    model.exact_selection = False
+    assert model.cpu_path.exact_selection is False
+
+
+def test_a_copied_model_keeps_its_settings_and_rebuilds_its_caches():
+    import copy
+
+    model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
+    model.exact_selection = False
+    q, s, m = make_episode(batch=1, shots=1, size=32, seed=10)
+    with torch.no_grad():
+        expected = model(q, s[:, 0], m[:, 0])  # fills the folded-backbone and buffer caches
+    twin = copy.deepcopy(model)
+    assert twin.exact_selection is False and twin.cpu_path is not model.cpu_path
+    with torch.no_grad():
+        assert torch.equal(twin(q, s[:, 0], m[:, 0]), expected)

@@ -7,10 +7,8 @@ prediction with the original voting rule, and an encode-once / segment-many API.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +16,10 @@ from torch import Tensor, nn
 
 from hmfss.backbones import Backbone, build_backbone
 from hmfss.correlation import hypercorrelation
-from hmfss.fast.folding import fold_backbone
 from hmfss.errors import HmfssError
+from hmfss.fast.path import CpuFastPath
 from hmfss.heads import HEADS, Head
-from hmfss.masking import check_strategy, input_mask, needs_input_masking, selecting_input
-
-CPU_PIXELS_PER_PASS = 400 * 400  # backbone group size on the CPU (see FewShotSegmenter._backbone)
-_BUFFERS = threading.local()  # per-thread correlation buffers (see FewShotSegmenter._corr_buffers)
+from hmfss.masking import check_strategy, input_mask, needs_input_masking
 
 
 @dataclass
@@ -57,9 +52,13 @@ class SupportState:
     def shots(self) -> int:
         return self.masks.shape[1]
 
+    def shot_range(self, first: int, last: int) -> "SupportState":
+        """The shots ``first`` to ``last`` - 1."""
+        return SupportState([f[:, first:last] for f in self.feats], self.masks[:, first:last])
+
 
 def vote(shot_masks: Tensor) -> Tensor:
-    """Original K-shot rule (SPEC §6.2): (B, K, H, W) binary -> (B, H, W) binary.
+    """The original K-shot rule: (B, K, H, W) binary -> (B, H, W) binary.
 
     K = 1 returns the mask; otherwise votes are normalised by the episode's maximum vote
     (at least 1) and thresholded at 0.5.
@@ -75,8 +74,8 @@ def foreground(logits: Tensor) -> Tensor:
     """``logits.argmax(dim=1)`` for 2-class logits (N, 2, H, W) -> (N, H, W) int64.
 
     Computed as a comparison, with argmax's rules for ties (background) and NaN (a NaN wins
-    unless the other logit is NaN too): the same mask, where an argmax over a strided
-    2-element dim costs ~25 ms per 400x400 mask on a CPU.
+    unless the other logit is NaN too): the same mask, without a slow argmax over a strided
+    2-element dim (docs/performance.md).
     """
     background, fg = logits.unbind(1)
     return ((fg > background) | (fg.isnan() & ~background.isnan())).long()
@@ -88,19 +87,61 @@ def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)
 
 
+@runtime_checkable
+class ExecutionPath(Protocol):
+    """How the model runs its steps. :class:`ReferencePath` is the plain one;
+    :class:`hmfss.fast.path.CpuFastPath` gives the same results faster on the CPU."""
+
+    def features(self, backbone: Backbone, images: dict[str, Tensor], head: Head, masking: str) -> dict[str, list[Tensor]]:
+        """Backbone maps of each named image batch (B_i, 3, H, W): "feats" (supports),
+        "im" (input-masked supports), "query"."""
+
+    def mask_support(self, head: Head, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor,
+                     masking: str) -> list[Tensor]:
+        """Masked support maps (N, C, h, w) from the maps of the supports and input-masked supports."""
+
+    def correlate(self, head: Head, query_feats: list[Tensor], support_feats: list[Tensor],
+                  levels: tuple[int, int, int]) -> list[Tensor]:
+        """Correlation pyramid (:func:`hmfss.correlation.hypercorrelation`), without gradients."""
+
+    def shots_per_pass(self, head: Head) -> int | None:
+        """At most this many shots per correlation + head pass (None: all at once)."""
+
+
+class ReferencePath:
+    """The data path with plain operations: one NCHW backbone pass for all images, the head's
+    support masking (plain rules), plain hypercorrelation, all shots in one head pass (up to
+    the head's memory bound ``shots_per_pass``)."""
+
+    def features(self, backbone: Backbone, images: dict[str, Tensor], head: Head, masking: str) -> dict[str, list[Tensor]]:
+        batch = torch.cat(list(images.values())) if len(images) > 1 else next(iter(images.values()))
+        maps = backbone(batch.contiguous())
+        if len(images) == 1:
+            return dict.fromkeys(images, maps)
+        parts = zip(*(m.split([x.shape[0] for x in images.values()]) for m in maps))
+        return {name: list(part) for name, part in zip(images, parts)}
+
+    def mask_support(self, head: Head, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor,
+                     masking: str) -> list[Tensor]:
+        return head.support_features(feats, im_feats, mask, masking)
+
+    def correlate(self, head: Head, query_feats: list[Tensor], support_feats: list[Tensor],
+                  levels: tuple[int, int, int]) -> list[Tensor]:
+        with torch.no_grad():
+            return hypercorrelation(query_feats, support_feats, levels)
+
+    def shots_per_pass(self, head: Head) -> int | None:
+        return head.shots_per_pass
+
+
 class FewShotSegmenter(nn.Module):
     """Frozen backbone + support masking + 4D correlation + learnable head.
 
-    ``exact_selection`` (default True; a run-time setting, not saved in checkpoints): on the
-    CPU, with heads that take channels-last maps (HSNet; VAT and ASNet run every pass NCHW
-    and ignore it), the images whose feature signs choose between FM and IM (the support for
-    ``hm``) go through the reference NCHW backbone pass, so the rule picks exactly the values
-    the original code picks. False sends them through the faster channels-last pass too (HM's
-    extra time over FM, ResNet-50 1-shot at 400 px: about +31 % -> +21 %), and a feature
-    within rounding of 0 may then pick the other value: a whole value swapped, not a rounding
-    difference (3 in 19 million selecting elements measured; logits stayed within 2.4e-6 of
-    the original's in 70 random-weight episodes, but once moved by 2.2e-4 relative). GPUs are
-    unaffected.
+    Every step goes through an :class:`ExecutionPath`, chosen in :meth:`execution_path`:
+    ``path`` if set (``model.path = ReferencePath()`` forces the plain path), otherwise
+    ``cpu_path`` (:class:`CpuFastPath`) for CPU tensors and :class:`ReferencePath` elsewhere.
+    ``exact_selection`` is the CPU path's setting of that name (a run-time setting, not saved
+    in checkpoints).
     """
 
     def __init__(self, backbone: Backbone, head: Head, config: ModelConfig):
@@ -109,85 +150,43 @@ class FewShotSegmenter(nn.Module):
         self.head = head
         self.config = config
         self.levels = backbone.info.levels
-        self.exact_selection = True
+        self.path: ExecutionPath | None = None
+        self.cpu_path = CpuFastPath()
 
     @property
     def masking(self) -> str:
         return self.config.masking
 
-    # ---- feature extraction --------------------------------------------------------------
+    @property
+    def exact_selection(self) -> bool:
+        return self.cpu_path.exact_selection
+
+    @exact_selection.setter
+    def exact_selection(self, value: bool) -> None:
+        self.cpu_path.exact_selection = value
+
+    def execution_path(self, device: torch.device) -> ExecutionPath:
+        """The one place the implementation is chosen (see the class docstring)."""
+        if self.path is not None:
+            return self.path
+        return self.cpu_path if device.type == "cpu" else REFERENCE_PATH
+
+    # ---- image -> backbone features -> support masking ----------------------------------
 
     def _extract(self, query: Tensor | None, supports: Tensor, masks: Tensor) -> tuple[list[Tensor] | None, list[Tensor]]:
-        """Backbone maps of query (B), supports (N) and, if needed, input-masked supports (N).
-
-        Returns the prepared query maps and the masked support maps (N, C, h, w). On the CPU,
-        images go through the backbone channels-last where the head accepts such maps (about
-        20 % faster, same values up to rounding), except the images whose feature signs select
-        values in the masking rule (:func:`selecting_input`): those keep the reference NCHW
-        layout, so that HM picks exactly the values the original picks (unless
-        ``exact_selection`` is off). On GPUs all images share one NCHW pass (at small batches
-        a second pass costs more than it saves).
-        """
+        """Prepared query maps (or None) and masked support maps (N, C, h, w) of query images
+        (B, 3, H, W), supports (N, 3, H, W) and their masks (N, H, W)."""
+        path = self.execution_path(supports.device)
         images = {"feats": supports}
         if needs_input_masking(self.masking):
             images["im"] = input_mask(supports, masks)
         if query is not None:
             images["query"] = query
-        if not self._cpu_layouts(supports):
-            exact = set(images)
-        else:
-            exact = {selecting_input(self.masking)} if self.exact_selection else set()
-        maps: dict[str, list[Tensor]] = {}
-        for layout, names in ((torch.contiguous_format, [n for n in images if n in exact]),
-                              (torch.channels_last, [n for n in images if n not in exact])):
-            if names:
-                batch = torch.cat([images[n] for n in names]) if len(names) > 1 else images[names[0]]
-                parts = self._backbone_parts(batch, layout, [images[n].shape[0] for n in names])
-                maps.update(zip(names, parts))
-        query_feats = self.head.query_features(maps["query"]) if query is not None else None
+        maps = path.features(self.backbone, images, self.head, self.masking)
         with torch.no_grad():
-            masked = self.head.support_features(maps["feats"], maps.get("im"), masks, self.masking)
+            masked = path.mask_support(self.head, maps["feats"], maps.get("im"), masks, self.masking)
+        query_feats = self.head.query_features(maps["query"]) if query is not None else None
         return query_feats, masked
-
-    def _cpu_layouts(self, images: Tensor) -> bool:
-        """Whether backbone passes may run channels-last (CPU, and a head that accepts it)."""
-        return self.head.channels_last_features and images.device.type == "cpu"
-
-    def _backbone(self, images: Tensor, layout: torch.memory_format = torch.contiguous_format) -> list[Tensor]:
-        """Backbone maps of a batch computed in memory ``layout`` (see :meth:`_backbone_parts`)."""
-        return self._backbone_parts(images, layout, [images.shape[0]])[0]
-
-    def _backbone_parts(self, images: Tensor, layout: torch.memory_format, sizes: list[int]) -> list[list[Tensor]]:
-        """Backbone maps of consecutive parts of a batch (``sizes`` images each), in ``layout``.
-
-        On the CPU the batch goes in groups of at most ``CPU_PIXELS_PER_PASS`` pixels (one
-        400x400 image): measured faster than one large batch, whose activations overflow the
-        caches, while small images still share a pass. A part that is one group takes that
-        group's maps as they are (no concatenation). Channels-last passes (CPU only) use the
-        BatchNorm-folded copy of the backbone. On GPUs the batch goes in one pass.
-        """
-        images = images.contiguous(memory_format=layout)
-        n, _, h, w = images.shape
-        per_pass = n if images.device.type != "cpu" else max(1, CPU_PIXELS_PER_PASS // (h * w))
-        backbone = self._folded_backbone() if layout == torch.channels_last else self.backbone
-        groups = [(start, backbone(images[start:start + per_pass])) for start in range(0, n, per_pass)]
-        parts, first = [], 0
-        for size in sizes:
-            last = first + size
-            pieces = [[m[max(first, start) - start:min(last, start + per_pass) - start] for m in maps]
-                      for start, maps in groups if start < last and start + per_pass > first]
-            parts.append(pieces[0] if len(pieces) == 1 else [torch.cat(p) for p in zip(*pieces)])
-            first = last
-        return parts
-
-    def _folded_backbone(self) -> Backbone:
-        """:meth:`Backbone.folded` copy for channels-last passes, cached and rebuilt whenever
-        the backbone's tensors change (load_state_dict, ``.to()``, in-place edits)."""
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.backbone.parameters(), *self.backbone.buffers()))
-        cached = self.__dict__.get("_folded_cache")  # a plain attribute: not a submodule, not saved
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_folded_cache"] = (key, fold_backbone(self.backbone))
-        return cached[1]
 
     def encode_support(self, support_imgs: Tensor, support_masks: Tensor) -> SupportState:
         """(B, K, 3, H, W), (B, K, H, W) -> reusable :class:`SupportState`."""
@@ -197,45 +196,28 @@ class FewShotSegmenter(nn.Module):
 
     def encode_query(self, query_img: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> prepared query maps."""
-        layout = torch.channels_last if self._cpu_layouts(query_img) else torch.contiguous_format
-        return self.head.query_features(self._backbone(query_img, layout))
+        maps = self.execution_path(query_img.device).features(self.backbone, {"query": query_img}, self.head, self.masking)
+        return self.head.query_features(maps["query"])
 
-    # ---- head -----------------------------------------------------------------------------
-
-    def _corr_buffers(self) -> dict | None:
-        """Per-thread, per-model correlation buffers reused across inference calls (None under
-        autograd, where the head keeps its input for the backward pass)."""
-        if torch.is_grad_enabled() or self.training:
-            return None
-        if not hasattr(_BUFFERS, "by_model"):
-            _BUFFERS.by_model = weakref.WeakKeyDictionary()
-        return _BUFFERS.by_model.setdefault(self, {})
+    # ---- correlation -> head ----------------------------------------------------------------
 
     def lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
         """Head logits at the learner's resolution for every shot: (B, K, 2, h, w).
 
-        Heads with large 4D volumes (VAT) set ``shots_per_pass``: the shots then go through
-        correlation and head in groups of that many, bounding the memory of a K-shot pass by
-        that of a ``shots_per_pass``-shot one (the result is the same).
+        Shots go through correlation and head in groups of the path's ``shots_per_pass``
+        (the result is the same; it bounds memory and keeps volumes in cache).
         """
-        step = self.head.shots_per_pass
-        if step is None and query_feats[0].device.type == "cpu":
-            step = 1  # CPU: one shot at a time keeps the 4D volumes in cache (measured faster)
+        path = self.execution_path(query_feats[0].device)
+        step = path.shots_per_pass(self.head)
         if step is None or state.shots <= step:
-            return self._lowres_logits(query_feats, state)
-        parts = []
-        for first in range(0, state.shots, step):
-            part = SupportState([f[:, first:first + step] for f in state.feats], state.masks[:, first:first + step])
-            parts.append(self._lowres_logits(query_feats, part))
-        return torch.cat(parts, dim=1)
+            return self._shot_logits(path, query_feats, state)
+        return torch.cat([self._shot_logits(path, query_feats, state.shot_range(first, first + step))
+                          for first in range(0, state.shots, step)], dim=1)
 
-    def _lowres_logits(self, query_feats: list[Tensor], state: SupportState) -> Tensor:
+    def _shot_logits(self, path: ExecutionPath, query_feats: list[Tensor], state: SupportState) -> Tensor:
         b, k = query_feats[0].shape[0], state.shots
-        buffers = self._corr_buffers() if self.head.query_major_corr else None  # only that layout reuses them
-        with torch.no_grad():
-            # a support set encoded once (batch 1) broadcasts over a batch of queries
-            corr = hypercorrelation([q.unsqueeze(1) for q in query_feats], state.feats, self.levels,
-                                    query_major=self.head.query_major_corr, buffers=buffers)
+        # a support set encoded once (batch 1) broadcasts over a batch of queries
+        corr = path.correlate(self.head, [q.unsqueeze(1) for q in query_feats], state.feats, self.levels)
         corr = [c.expand(b, *c.shape[1:]).flatten(0, 1) for c in corr]
         masks = state.masks.expand(b, *state.masks.shape[1:])
         logits = self.head(corr, query_feats=query_feats, shots=k, support_mask=masks.flatten(0, 1))
@@ -248,7 +230,7 @@ class FewShotSegmenter(nn.Module):
         logits = self.lowres_logits(query_feats, state)[:, 0]
         return _upsample(logits, support_img.shape[-2:])
 
-    # ---- prediction -----------------------------------------------------------------------
+    # ---- -> mask ------------------------------------------------------------------------------
 
     def segment(
         self,
@@ -295,6 +277,8 @@ class FewShotSegmenter(nn.Module):
         shot_masks = foreground(_upsample(logits.flatten(0, 1), output_size))
         return vote(shot_masks.unflatten(0, (b, k)))
 
+
+REFERENCE_PATH = ReferencePath()
 
 def build_model(
     arch: str,

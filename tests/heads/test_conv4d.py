@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmfss.heads.conv4d import CenterPivotConv4d, group_norm_cl, plane_conv_matrix, resize_query_dims
+from hmfss.fast.channels_last import group_norm_cl
+from hmfss.heads.conv4d import CenterPivotConv4d, plane_conv_matrix
+from hmfss.heads.volume import resize_query_dims
 
 
 def dense_conv4d(x, weight, bias, stride):

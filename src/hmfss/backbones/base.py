@@ -3,7 +3,7 @@
 Each backbone maps an image batch (B, 3, H, W), normalised with the ImageNet mean/std, to a
 list of feature maps ``[(B, C_i, h_i, w_i), ...]`` ordered shallow to deep. The last
 ``sum(levels)`` maps form the correlation pyramid: ``levels = (n4, n3, n2)`` counts the maps
-of the deepest, middle and shallowest level (SPEC §1.5). Backbones optionally return one extra
+of the deepest, middle and shallowest level. Backbones optionally return one extra
 shallow map in front (VAT's layer1 skip feature), which is never correlated.
 
 Parameter names equal torchvision's (ResNet, VGG16) or efficientnet_pytorch's
@@ -47,7 +47,7 @@ class Backbone(nn.Module):
         self.extra_shallow = extra_shallow
 
     def train(self, mode: bool = True) -> "Backbone":
-        # Frozen: BatchNorm always uses the ImageNet running statistics (SPEC §1.2).
+        # Frozen: BatchNorm always uses the ImageNet running statistics, as in the original models.
         return super().train(False)
 
     def extract(self, images: Tensor) -> list[Tensor]:
@@ -57,8 +57,8 @@ class Backbone(nn.Module):
         """(B, 3, H, W) -> tapped maps, shallow to deep; computed without gradients.
 
         Maps come out in the memory layout of ``images`` (NCHW or channels-last). The two
-        layouts round differently; which images may use the faster channels-last layout is
-        decided by the model (see ``FewShotSegmenter._extract``).
+        layouts round differently; which images may use channels-last is decided by the
+        model's execution path (see ``hmfss.fast.path``).
         """
         with torch.no_grad():
             return self.extract(images)

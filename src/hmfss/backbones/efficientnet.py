@@ -13,12 +13,13 @@ from torch import Tensor, nn
 from hmfss.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneInfo
 from hmfss.errors import HmfssError
 
-
+# (repeats, kernel, stride, expand ratio, output channels) per stage
 _LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                  (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 # Tapped blocks: every block output at stride 8 (blocks 3-4), 16 (5-10) and 32 (11-15).
 _LITE0_LEVELS = (5, 6, 2)
 _LITE0_EXTRA = 2  # last stride-4 block, the analogue of ResNet's layer1 output
+
 
 class SamePadConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding computed for the actual input size."""

@@ -11,12 +11,9 @@ from torch import Tensor, nn
 from hmfss.backbones.base import Backbone, BackboneInfo
 
 
-# --------------------------------------------------------------------------------------------
-# ResNet (torchvision "v1.5": stride in the 3x3 conv)
-
-
 class Bottleneck(nn.Module):
-    """torchvision Bottleneck; ``forward`` returns the block output *before* its final ReLU."""
+    """torchvision "v1.5" Bottleneck (stride in the 3x3 conv); ``forward`` returns the block
+    output *before* its final ReLU."""
 
     expansion = 4
 
@@ -43,8 +40,8 @@ def max_pool_3x3_s2(x: Tensor) -> Tensor:
     """``F.max_pool2d(x, 3, stride=2, padding=1)``, (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)).
 
     A maximum involves no rounding, so the result is the same however it is computed: NCHW
-    inputs on the CPU go as a separable max (rows, then columns) of strided views, about 6x
-    faster than PyTorch's NCHW CPU kernel, which also computes the unused argmax indices.
+    inputs on the CPU go as a separable max (rows, then columns) of strided views, which
+    skips the unused argmax indices PyTorch's NCHW CPU kernel computes.
     """
     if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return F.max_pool2d(x, 3, 2, 1)  # PyTorch's GPU and channels-last CPU kernels are fast
@@ -57,7 +54,8 @@ def max_pool_3x3_s2(x: Tensor) -> Tensor:
 
 
 class ResNetBackbone(Backbone):
-    """ResNet-50/101 tapping every bottleneck of layer2-layer4 (pre-ReLU), SPEC §1.3."""
+    """ResNet-50/101 tapping every bottleneck output of layer2-layer4 before its ReLU (the
+    original HSNet taps), plus layer1's last output as the optional extra shallow map."""
 
     ignored_keys = ("fc.",)
 
@@ -105,8 +103,3 @@ class ResNetBackbone(Backbone):
                 else:
                     x = F.relu_(x)
         return feats
-
-
-# --------------------------------------------------------------------------------------------
-# VGG16 (no BN)
-

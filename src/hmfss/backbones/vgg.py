@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -11,7 +10,7 @@ from hmfss.errors import HmfssError
 
 
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-_VGG16_TAPS = (17, 19, 21, 24, 26, 28, 30)  # conv4_x, conv5_x pre-ReLU, pool5 (SPEC §1.4)
+_VGG16_TAPS = (17, 19, 21, 24, 26, 28, 30)  # indices in `features`: conv4_x, conv5_x pre-ReLU, pool5
 
 
 class VGG16Backbone(Backbone):
@@ -48,9 +47,3 @@ class VGG16Backbone(Backbone):
             if index == _VGG16_TAPS[-1]:
                 break
         return feats
-
-
-# --------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (efficientnet_pytorch naming; ReLU6, no squeeze-excitation)
-
-# (repeats, kernel, stride, expand ratio, output channels) per stage

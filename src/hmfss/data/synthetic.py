@@ -371,3 +371,15 @@ def generate(out: str | Path, params: SyntheticParams | None = None,
     }
     (out / "synthetic.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
+
+
+def read_metadata(root: str | Path) -> dict | None:
+    """The ``synthetic.json`` of a generated benchmark, or None (the app uses it to say what a
+    demo model was trained on)."""
+    path = Path(root) / "synthetic.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

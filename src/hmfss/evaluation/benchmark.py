@@ -37,7 +37,7 @@ class BenchmarkConfig:
     warmup: int = 1
     stream_queries: int = 8
     naive: bool = True  # also time the straightforward K-forward path
-    exact_selection: bool = True  # see FewShotSegmenter; False: HM's support pass channels-last too
+    exact_selection: bool = True  # see hmfss.fast.path.CpuFastPath; False: HM's support pass channels-last too
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -76,7 +76,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> flo
 
 def _count_packed_convs() -> None:
     """Give torch's FLOP counter the conv formula for oneDNN's packed conv op (used by the CPU
-    folded backbone, see backbones.PackedConv2d), which it does not know."""
+    folded backbone, see fast.folding.PackedConv2d), which it does not know."""
     from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
     if not PACKED_CONVS or torch.ops.mkldnn._convolution_pointwise in flop_registry:

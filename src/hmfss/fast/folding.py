@@ -26,13 +26,11 @@ PACKED_CONVS = _has_packed_convs()
 class PackedConv2d(nn.Module):
     """Inference conv that keeps its weights in oneDNN's own layout for channels-last CPU passes.
 
-    ``F.conv2d`` reorders the weights into that layout at every call (about 10 % of a folded
-    ResNet-50 pass at 400 px); here they are reordered once for an input shape, and again only
-    when the shape or the weights change, so a result depends on the input alone. oneDNN may
-    pick another kernel than ``F.conv2d`` for some shapes (same values up to float rounding;
-    at 400 px ResNet-50's maps are the same bits). Inputs it is not for (another device or
-    dtype, NCHW, autocast, autograd) go through ``F.conv2d``. Packed weights are never copied
-    or pickled: a copy packs its own.
+    ``F.conv2d`` reorders the weights into that layout at every call; here they are reordered
+    once for an input shape, and again only when the shape or the weights change, so a result
+    depends on the input alone. Inputs it is not for (another device or dtype, NCHW,
+    autocast, autograd) go through ``F.conv2d``. Packed weights are never copied or pickled:
+    a copy packs its own.
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -66,10 +64,9 @@ class PackedConv2d(nn.Module):
 def fold_backbone(backbone: Backbone) -> Backbone:
     """Inference copy with every BatchNorm folded into its conv and channels-last weights.
 
-    Same maps up to float rounding (~1e-6 relative): W' = W * g / sqrt(v + eps),
-    b' = (b - m) * g / sqrt(v + eps) + beta. It spares a memory pass per BatchNorm and a
-    weight re-layout per conv in channels-last passes (about 15 % of a CPU pass). The
-    original is left untouched.
+    Same maps up to float rounding: W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps)
+    + beta. It spares a memory pass per BatchNorm and a weight re-layout per conv in
+    channels-last passes. The original is left untouched.
     """
     copied = copy.deepcopy(backbone)
     with torch.no_grad():

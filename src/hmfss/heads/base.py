@@ -2,7 +2,8 @@
 
 A head turns the correlation pyramid into low-resolution 2-class logits. It may also adapt
 how features are prepared (ASNet pools support features, VAT resizes all features) by
-overriding :meth:`Head.query_features` / :meth:`Head.support_features`.
+overriding :meth:`Head.query_features` / :meth:`Head.support_features`. Faster inputs a head
+accepts on the CPU are declared in :mod:`hmfss.fast.traits`, not here.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ class Head(nn.Module):
     original_prefix: str = ""  # head key prefix in the original checkpoints (after "module.")
     extra_shallow: bool = False  # whether the backbone must return its extra shallow map
     recipe: Recipe = HSNET_RECIPE  # the original training recipe (optimiser, sizes, augmentation)
-    shots_per_pass: int | None = None  # K-shot: shots per correlation+head pass (None: all at once)
-    query_major_corr: bool = False  # whether forward reads query-major correlation memory (see correlation)
-    channels_last_features: bool = False  # whether the backbone may hand over channels-last maps
+    # memory bound of a K-shot pass: at most this many shots per correlation + head pass
+    # (None: no bound); the result is the same
+    shots_per_pass: int | None = None
 
     @classmethod
     def benchmark_options(cls, benchmark: str | None = None) -> dict[str, Any]:
@@ -56,12 +57,8 @@ class Head(nn.Module):
     def support_features(
         self, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor, masking: str
     ) -> list[Tensor]:
-        """Mask the support's tapped maps with strategy ``masking``; mask (B, H, W).
-
-        ``im_feats`` are the model's scratch maps (nothing reads them afterwards), so the
-        results may be written into them.
-        """
-        return mask_support_features(masking, feats, im_feats, mask, overwrite_im=True)
+        """Mask the support's tapped maps (B, C, h, w) with strategy ``masking``; mask (B, H, W)."""
+        return mask_support_features(masking, feats, im_feats, mask)
 
     def forward(self, corr: list[Tensor], **context) -> Tensor:
         """[level4, level3, level2] (N, L, Hq, Wq, Hs, Ws) -> low-res logits (N, 2, h, w).

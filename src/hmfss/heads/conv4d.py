@@ -1,31 +1,17 @@
-"""Center-pivot 4D convolution (HSNet, SPEC §3.1) and 6D tensor helpers.
+"""Center-pivot 4D convolution (HSNet's 4D layer) on correlation tensors.
 
 4D correlation tensors are (N, C, Hq, Wq, Hs, Ws) at module boundaries: query dims, then
-support dims. Inside the HSNet head they are kept "query-major channels-last",
-(N, Hq, Wq, Hs, Ws, C) contiguous: then every support-plane conv reads its input without a
-copy (a channels-last (N*Hq*Wq, C, Hs, Ws) batch), GroupNorm normalises contiguous channel
-groups, and only the (sub-sampled) query-plane branch needs a transpose.
+support dims. The layer works on the query-major channels-last form (N, Hq, Wq, Hs, Ws, C)
+of :mod:`hmfss.fast.channels_last`, where the support-plane conv reads its input without a
+copy and only the (sub-sampled) query-plane branch needs a transpose.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmfss.heads.volume import resize_query_dims  # noqa: F401 (the (N, C, ...) layout's resize, shared)
-
-
-def to_channels_last(x: Tensor) -> Tensor:
-    """(N, C, Hq, Wq, Hs, Ws) -> contiguous (N, Hq, Wq, Hs, Ws, C)."""
-    return x.permute(0, 2, 3, 4, 5, 1).contiguous()
-
-
-def from_channels_last(x: Tensor) -> Tensor:
-    """(N, Hq, Wq, Hs, Ws, C) -> (N, C, Hq, Wq, Hs, Ws) view."""
-    return x.permute(0, 5, 1, 2, 3, 4)
+from hmfss.fast.channels_last import from_channels_last, to_channels_last
 
 
 def _conv_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
@@ -57,10 +43,9 @@ def plane_conv_matrix(conv: nn.Conv2d, height: int, width: int) -> Tensor:
 
 
 def _conv_support_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
-    """:func:`_conv_planes` for the support-plane conv. Planes with no more positions than
-    the kernel has taps (the 2x2 support grids of HSNet's fusion blocks) go as one matmul
-    by :func:`plane_conv_matrix`, which skips the products with padding that a direct 3x3
-    conv computes (measured ~30 % faster on the CPU; GPUs keep the conv, not measured)."""
+    """:func:`_conv_planes` for the support-plane conv. On the CPU, planes with no more
+    positions than the kernel has taps (the 2x2 support grids of HSNet's fusion blocks) go as
+    one matmul by :func:`plane_conv_matrix`, which skips the products with the padding."""
     m, h, w, c = planes.shape
     kh, kw = conv.kernel_size
     if h * w > kh * kw or planes.device.type != "cpu":
@@ -72,53 +57,6 @@ def _conv_support_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
     return out if conv.bias is None else out.add_(conv.bias.to(out.dtype))
 
 
-def resize_query_dims_cl(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """:func:`hmfss.heads.volume.resize_query_dims` on channels-last (N, Hq, Wq, Hs, Ws, C):
-    every (support position, channel) is one bilinearly resized (align_corners=True) plane."""
-    n, hq, wq, hs, ws, c = x.shape
-    if (hq, wq) == tuple(size):
-        return x
-    planes = x.reshape(n, hq, wq, hs * ws * c).permute(0, 3, 1, 2)  # channels-last NCHW view
-    out = F.interpolate(planes, tuple(size), mode="bilinear", align_corners=True)
-    return out.permute(0, 2, 3, 1).reshape(n, *size, hs, ws, c)
-
-
-def _balanced_split(count: int) -> tuple[int, int]:
-    """(outer, inner) with outer * inner == count and inner the largest divisor <= sqrt(count)."""
-    for inner in range(math.isqrt(count), 0, -1):
-        if count % inner == 0:
-            return count // inner, inner
-    return count, 1
-
-
-def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
-    """``norm`` applied to a channels-last (N, ..., C) tensor (same result as on (N, C, ...)).
-
-    Statistics in two passes (mean, then centred squares) and two reduction stages over a
-    balanced (outer, inner) split of the positions: float32 sums of ~1e6 terms stay accurate
-    to ~1e-7 (one-pass E[x^2] - E[x]^2 and single long sums lose 3 to 4 digits here), and
-    the reductions run over contiguous channel vectors. Statistics are float32 under autocast.
-    """
-    n, c, g = x.shape[0], x.shape[-1], norm.num_groups
-    positions = x.numel() // (n * c)
-    outer, inner = _balanced_split(positions)
-    v = x.reshape(n, outer, inner, c)
-    stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
-    count = positions * (c // g)
-    mean = stats.sum(2).sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
-    centred = stats - mean.expand(n, g, c // g).reshape(n, 1, 1, c)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
-    if grad:
-        squares = centred.square().sum(2)
-    else:  # no temporary of squares (a norm's gradient is undefined at 0, hence the branch)
-        squares = torch.linalg.vector_norm(centred, dim=2).square()
-    var = squares.sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count
-    scale = (torch.rsqrt(var + norm.eps) * norm.weight.view(g, c // g)).view(n, 1, 1, c)
-    bias = norm.bias.view(1, 1, 1, c)
-    # (x - mean) * scale + bias; without autograd written into the centred temporary (no fresh
-    # output: about 2x faster on HSNet's 16-channel 4D maps)
-    out = centred * scale + bias if grad else centred.mul_(scale).add_(bias)
-    return out.to(x.dtype).view(x.shape)
 
 
 class CenterPivotConv4d(nn.Module):
@@ -162,6 +100,5 @@ class CenterPivotConv4d(nn.Module):
         sub = sub.permute(0, 4, 5, 1, 2, 3).reshape(n * hs2 * ws2, hq, wq, c)  # small gather
         query = _conv_planes(self.conv1, sub).view(n, hs2, ws2, hq, wq, cout)
         support = support.view(n, hq, wq, cout, hs2, ws2).permute(0, 1, 2, 4, 5, 3)
-        # one transposing copy, then an add with a single strided operand: about 2x faster
-        # than one add whose two operands are both strided differently from its output
+        # one transposing copy, then an add with a single strided operand (docs/performance.md)
         return support.contiguous().add_(query.permute(0, 3, 4, 1, 2, 5))

@@ -1,4 +1,5 @@
-"""HSNet learner (hypercorrelation squeeze network, SPEC §3.1)."""
+"""HSNet learner (hypercorrelation squeeze network): center-pivot 4D conv blocks squeeze each
+correlation level, the levels are fused coarse to fine, a 2D decoder gives the logits."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from torch import Tensor, nn
 
 from hmfss.errors import HmfssError
 from hmfss.heads.base import Head, register_head
-from hmfss.heads.conv4d import CenterPivotConv4d, group_norm_cl, resize_query_dims_cl, to_channels_last
+from hmfss.fast.channels_last import group_norm_cl, resize_query_dims_cl, to_channels_last
+from hmfss.fast.traits import accepts_fast_inputs
+from hmfss.heads.conv4d import CenterPivotConv4d
 
 
 def squeeze_block(cin: int, couts: list[int], kernels: list[int], strides: list[int]) -> nn.Sequential:
@@ -33,7 +36,7 @@ def run_block_cl(block: nn.Sequential, x: Tensor) -> Tensor:
 def squeeze_correlation(block: nn.Sequential, corr: Tensor) -> Tensor:
     """Run a :func:`squeeze_block` on a correlation level (N, L, Hq, Wq, Hs, Ws) of either
     memory layout -> channels-last (N, Hq, Wq, Hs', Ws', C). Query-major memory (as
-    ``hypercorrelation(query_major=True)`` writes it) is read in place by the first layer."""
+    ``hmfss.fast.correlation`` writes it) is read in place by the first layer."""
     query_major = corr.permute(0, 2, 3, 1, 4, 5)
     if query_major.is_contiguous():
         x = block[0].forward_query_major(query_major)
@@ -63,6 +66,7 @@ def decode(decoder1: nn.Module, decoder2: nn.Module, x: Tensor) -> Tensor:
 
 
 @register_head("hsnet")
+@accepts_fast_inputs(channels_last_maps=True, query_major_corr=True, plain_support_masking=True)
 class HSNetHead(Head):
     """Squeeze each correlation level with CP-Conv4d blocks, fuse coarse to fine, decode.
 
@@ -70,8 +74,6 @@ class HSNetHead(Head):
     """
 
     original_prefix = "hpn_learner."
-    query_major_corr = True
-    channels_last_features = True
 
     def __init__(self, levels: tuple[int, int, int], backbone_info: Any = None, **options: Any):
         super().__init__()
@@ -86,7 +88,7 @@ class HSNetHead(Head):
         self.decoder1, self.decoder2 = hsnet_decoder()
 
     def forward(self, corr: list[Tensor], **context) -> Tensor:
-        # all 4D work in the query-major channels-last layout (see conv4d)
+        # all 4D work in the query-major channels-last layout (see fast/channels_last.py)
         sqz4 = squeeze_correlation(self.encoder_layer4, corr[0])
         sqz3 = squeeze_correlation(self.encoder_layer3, corr[1])
         sqz2 = squeeze_correlation(self.encoder_layer2, corr[2])

@@ -1,0 +1,88 @@
+"""The CPU implementation of the model's execution path (see ``hmfss.model.ExecutionPath``).
+
+Same steps as the reference path, faster on the CPU (docs/performance.md): backbone passes
+in pixel-count groups, channels-last through a BatchNorm-folded copy for heads that accept
+such maps, except the images whose feature signs select values in the masking rule
+(``exact_selection``); in-place windowed masking; query-major correlation into reused
+per-thread buffers; one shot per correlation + head pass.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor, nn
+
+from hmfss.backbones import Backbone
+from hmfss.correlation import hypercorrelation
+from hmfss.fast.correlation import query_major_hypercorrelation
+from hmfss.fast.features import FoldedBackboneCache, grouped_passes
+from hmfss.fast.masking import mask_support_features_in_place
+from hmfss.fast.traits import fast_inputs
+from hmfss.masking import selecting_input
+
+
+class CpuFastPath:
+    """Execution path for CPU tensors. ``exact_selection`` (default True): the images whose
+    feature signs choose between FM and IM (the support for ``hm``, the input-masked support
+    for ``hm-reverse``) go through the reference NCHW pass, so the rule picks exactly the
+    values the reference picks; False sends them channels-last too (faster, and a feature
+    within rounding of 0 may then pick the other value)."""
+
+    def __init__(self, exact_selection: bool = True):
+        self.exact_selection = exact_selection
+        self._folded = FoldedBackboneCache()
+        self._local = threading.local()  # per-thread correlation buffers
+
+    def __getstate__(self) -> dict:
+        return {"exact_selection": self.exact_selection}  # caches are rebuilt, never copied
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def folded_backbone(self, backbone: Backbone) -> Backbone:
+        """The BatchNorm-folded, packed copy of ``backbone`` used for channels-last passes."""
+        return self._folded.get(backbone)
+
+    def features(self, backbone: Backbone, images: dict[str, Tensor], head: nn.Module, masking: str) -> dict[str, list[Tensor]]:
+        """Backbone maps of each named batch (B_i, 3, H, W); names as in the reference path."""
+        if not fast_inputs(head).channels_last_maps:
+            exact = set(images)
+        else:
+            exact = {selecting_input(masking)} if self.exact_selection else set()
+        maps: dict[str, list[Tensor]] = {}
+        for layout, names in ((torch.contiguous_format, [n for n in images if n in exact]),
+                              (torch.channels_last, [n for n in images if n not in exact])):
+            if names:
+                batch = torch.cat([images[n] for n in names]) if len(names) > 1 else images[names[0]]
+                net = self.folded_backbone(backbone) if layout == torch.channels_last else backbone
+                maps.update(zip(names, grouped_passes(net, batch, layout, [images[n].shape[0] for n in names])))
+        return maps
+
+    def mask_support(self, head: nn.Module, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor,
+                     masking: str) -> list[Tensor]:
+        """The head's support masking; in place into the scratch ``im_feats`` where the head's is the plain one."""
+        if fast_inputs(head).plain_support_masking:
+            return mask_support_features_in_place(masking, feats, im_feats, mask)
+        return head.support_features(feats, im_feats, mask, masking)
+
+    def correlate(self, head: nn.Module, query_feats: list[Tensor], support_feats: list[Tensor],
+                  levels: tuple[int, int, int]) -> list[Tensor]:
+        """Correlation pyramid (no gradients); query-major memory for heads that read it,
+        in per-thread buffers outside autograd and training (where the head keeps its input)."""
+        if not fast_inputs(head).query_major_corr:
+            with torch.no_grad():
+                return hypercorrelation(query_feats, support_feats, levels)
+        buffers = None if torch.is_grad_enabled() or head.training else self._buffers()
+        with torch.no_grad():
+            return query_major_hypercorrelation(query_feats, support_feats, levels, buffers)
+
+    def shots_per_pass(self, head: nn.Module) -> int:
+        """One shot at a time (its 4D volumes stay in cache), or the head's own bound."""
+        return 1 if head.shots_per_pass is None else head.shots_per_pass
+
+    def _buffers(self) -> dict:
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = {}
+        return self._local.buffers
