@@ -5,10 +5,9 @@ from helpers import make_episode
 from helpers.golden import init_by_name
 from hmfss import build_model, vote
 from hmfss.errors import HmfssError
-from hmfss.fast.path import CpuFastPath
 from hmfss.fast.traits import FastInputs
 from hmfss.masking import STRATEGIES
-from hmfss.model import REFERENCE_PATH, ExecutionPath, ReferencePath, foreground
+from hmfss.model import ExecutionPath, ReferencePath, foreground
 
 
 def test_vote_on_hand_made_votes():
@@ -114,7 +113,7 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
     q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
     named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
     calls = []
-    spied = [model.backbone, model.cpu_path.folded_backbone(model.backbone)]
+    spied = [model.backbone, model.fast_path.folded_backbone(model.backbone)]
     for which, net in zip(("reference", "folded"), spied):
         net.forward = lambda images, which=which, forward=net.forward: calls.append((which, images)) or forward(images)
     old_masking, model.config.masking = model.config.masking, masking
@@ -145,12 +144,12 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
 def test_folded_backbone_is_rebuilt_when_the_backbone_changes():
     torch.manual_seed(1)
     model = build_model("hsnet", "resnet50", "hm").eval()
-    folded = model.cpu_path.folded_backbone(model.backbone)
-    assert model.cpu_path.folded_backbone(model.backbone) is folded  # cached
+    folded = model.fast_path.folded_backbone(model.backbone)
+    assert model.fast_path.folded_backbone(model.backbone) is folded  # cached
     assert len(model.state_dict()) == len(model.backbone.state_dict()) + len(model.head.state_dict())
     state = {k: v + 0.01 if k.endswith("running_mean") else v for k, v in model.backbone.state_dict().items()}
     model.backbone.load_state_dict(state)
-    rebuilt = model.cpu_path.folded_backbone(model.backbone)
+    rebuilt = model.fast_path.folded_backbone(model.backbone)
     assert rebuilt is not folded
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -188,7 +187,7 @@ def test_foreground_equals_argmax_with_ties_and_nan():
 
 
 @pytest.mark.parametrize("masking", ["hm", "fm"])
-def test_fast_cpu_path_equals_the_plain_modules_composed_step_by_step(masking):
+def test_fast_fast_path_equals_the_plain_modules_composed_step_by_step(masking):
     """The inference path (BatchNorm-folded channels-last passes, query-major correlation,
     channels-last 4D layers, dense small-plane convs) against the same modules run plainly:
     NCHW backbone passes, masking, plain correlation, each head block as an nn.Sequential."""
@@ -241,7 +240,7 @@ SIZES = {"hsnet": 64, "asnet": 257, "vat": 64}
 
 @pytest.mark.parametrize("arch,masking", CASES)
 def test_cpu_fast_path_equals_the_reference_path(arch, masking):
-    """The default CPU path (folded channels-last passes, in-place masking, query-major
+    """The default path on the CPU (folded channels-last passes, in-place masking, query-major
     correlation, one shot per pass) against ``model.path = ReferencePath()``."""
     model = build_model(arch, "resnet50", masking).eval()
     init_by_name(model)  # non-trivial BatchNorm statistics, so that folding changes the arithmetic
@@ -251,7 +250,7 @@ def test_cpu_fast_path_equals_the_reference_path(arch, masking):
         with torch.no_grad():
             return model.lowres_logits(model.encode_query(q), model.encode_support(s, m)).flatten(0, 1)
 
-    assert model.execution_path(q.device) is model.cpu_path
+    assert model.execution_path() is model.fast_path
     fast = logits()
     model.path = ReferencePath()  # the one-line switch
     _assert_same_prediction(fast, logits())
@@ -259,13 +258,12 @@ def test_cpu_fast_path_equals_the_reference_path(arch, masking):
 
 def test_the_path_is_chosen_in_one_place():
     model = build_model("hsnet", "efficientnet-lite0", "hm")
-    assert isinstance(model.cpu_path, ExecutionPath) and isinstance(REFERENCE_PATH, ExecutionPath)
-    assert model.execution_path(torch.device("cpu")) is model.cpu_path
-    assert model.execution_path(torch.device("cuda")) is REFERENCE_PATH  # a device object only
-    model.path = forced = CpuFastPath()
-    assert model.execution_path(torch.device("cuda")) is forced
+    assert isinstance(model.fast_path, ExecutionPath) and isinstance(ReferencePath(), ExecutionPath)
+    assert model.execution_path() is model.fast_path
+    model.path = forced = ReferencePath()
+    assert model.execution_path() is forced
     model.exact_selection = False
-    assert model.cpu_path.exact_selection is False
+    assert model.fast_path.exact_selection is False
 
 
 def test_a_copied_model_keeps_its_settings_and_rebuilds_its_caches():
@@ -277,6 +275,25 @@ def test_a_copied_model_keeps_its_settings_and_rebuilds_its_caches():
     with torch.no_grad():
         expected = model(q, s[:, 0], m[:, 0])  # fills the folded-backbone and buffer caches
     twin = copy.deepcopy(model)
-    assert twin.exact_selection is False and twin.cpu_path is not model.cpu_path
+    assert twin.exact_selection is False and twin.fast_path is not model.fast_path
     with torch.no_grad():
         assert torch.equal(twin(q, s[:, 0], m[:, 0]), expected)
+
+
+def test_fast_path_keeps_one_pass_and_all_shots_off_the_cpu():
+    """On accelerators the fast path runs one NCHW backbone pass for all images and leaves the
+    shots per pass to the head (checked with a device-less stand-in: meta tensors)."""
+    from hmfss.fast.features import grouped_passes
+    from hmfss.fast.masking import mask_window
+
+    model = build_model("hsnet", "efficientnet-lite0", "hm")
+    calls = []
+    net = lambda x: calls.append(x.shape[0]) or [x]  # noqa: E731 (records each pass's batch)
+    parts = grouped_passes(net, torch.empty(3, 3, 400, 400, device="meta"), torch.contiguous_format, [1, 2])
+    assert calls == [3] and [p[0].shape[0] for p in parts] == [1, 2]
+    calls.clear()
+    grouped_passes(net, torch.empty(3, 3, 400, 400), torch.contiguous_format, [3])
+    assert calls == [1, 1, 1]  # CPU: one 400x400 image per pass
+    assert model.fast_path.shots_per_pass(model.head, torch.device("meta")) is None
+    assert model.fast_path.shots_per_pass(model.head, torch.device("cpu")) == 1
+    assert mask_window(torch.zeros(1, 1, 4, 4, device="meta")) == (slice(None), slice(None))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from hmfss.backbones import Backbone, build_backbone
 from hmfss.correlation import hypercorrelation
 from hmfss.errors import HmfssError
-from hmfss.fast.path import CpuFastPath
+from hmfss.fast.path import FastPath
 from hmfss.heads import HEADS, Head
 from hmfss.masking import check_strategy, input_mask, needs_input_masking
 
@@ -90,7 +90,7 @@ def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
 @runtime_checkable
 class ExecutionPath(Protocol):
     """How the model runs its steps. :class:`ReferencePath` is the plain one;
-    :class:`hmfss.fast.path.CpuFastPath` gives the same results faster on the CPU."""
+    :class:`hmfss.fast.path.FastPath` gives the same results faster on the CPU."""
 
     def features(self, backbone: Backbone, images: dict[str, Tensor], head: Head, masking: str) -> dict[str, list[Tensor]]:
         """Backbone maps of each named image batch (B_i, 3, H, W): "feats" (supports),
@@ -104,8 +104,8 @@ class ExecutionPath(Protocol):
                   levels: tuple[int, int, int]) -> list[Tensor]:
         """Correlation pyramid (:func:`hmfss.correlation.hypercorrelation`), without gradients."""
 
-    def shots_per_pass(self, head: Head) -> int | None:
-        """At most this many shots per correlation + head pass (None: all at once)."""
+    def shots_per_pass(self, head: Head, device: torch.device) -> int | None:
+        """At most this many shots per correlation + head pass on ``device`` (None: all at once)."""
 
 
 class ReferencePath:
@@ -130,7 +130,7 @@ class ReferencePath:
         with torch.no_grad():
             return hypercorrelation(query_feats, support_feats, levels)
 
-    def shots_per_pass(self, head: Head) -> int | None:
+    def shots_per_pass(self, head: Head, device: torch.device) -> int | None:
         return head.shots_per_pass
 
 
@@ -139,9 +139,8 @@ class FewShotSegmenter(nn.Module):
 
     Every step goes through an :class:`ExecutionPath`, chosen in :meth:`execution_path`:
     ``path`` if set (``model.path = ReferencePath()`` forces the plain path), otherwise
-    ``cpu_path`` (:class:`CpuFastPath`) for CPU tensors and :class:`ReferencePath` elsewhere.
-    ``exact_selection`` is the CPU path's setting of that name (a run-time setting, not saved
-    in checkpoints).
+    ``fast_path`` (:class:`FastPath`, same results up to float rounding). ``exact_selection``
+    is the fast path's setting of that name (a run-time setting, not saved in checkpoints).
     """
 
     def __init__(self, backbone: Backbone, head: Head, config: ModelConfig):
@@ -151,7 +150,7 @@ class FewShotSegmenter(nn.Module):
         self.config = config
         self.levels = backbone.info.levels
         self.path: ExecutionPath | None = None
-        self.cpu_path = CpuFastPath()
+        self.fast_path = FastPath()
 
     @property
     def masking(self) -> str:
@@ -159,24 +158,24 @@ class FewShotSegmenter(nn.Module):
 
     @property
     def exact_selection(self) -> bool:
-        return self.cpu_path.exact_selection
+        return self.fast_path.exact_selection
 
     @exact_selection.setter
     def exact_selection(self, value: bool) -> None:
-        self.cpu_path.exact_selection = value
+        self.fast_path.exact_selection = value
 
-    def execution_path(self, device: torch.device) -> ExecutionPath:
+    def execution_path(self) -> ExecutionPath:
         """The one place the implementation is chosen (see the class docstring)."""
         if self.path is not None:
             return self.path
-        return self.cpu_path if device.type == "cpu" else REFERENCE_PATH
+        return self.fast_path
 
     # ---- image -> backbone features -> support masking ----------------------------------
 
     def _extract(self, query: Tensor | None, supports: Tensor, masks: Tensor) -> tuple[list[Tensor] | None, list[Tensor]]:
         """Prepared query maps (or None) and masked support maps (N, C, h, w) of query images
         (B, 3, H, W), supports (N, 3, H, W) and their masks (N, H, W)."""
-        path = self.execution_path(supports.device)
+        path = self.execution_path()
         images = {"feats": supports}
         if needs_input_masking(self.masking):
             images["im"] = input_mask(supports, masks)
@@ -196,7 +195,7 @@ class FewShotSegmenter(nn.Module):
 
     def encode_query(self, query_img: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> prepared query maps."""
-        maps = self.execution_path(query_img.device).features(self.backbone, {"query": query_img}, self.head, self.masking)
+        maps = self.execution_path().features(self.backbone, {"query": query_img}, self.head, self.masking)
         return self.head.query_features(maps["query"])
 
     # ---- correlation -> head ----------------------------------------------------------------
@@ -207,8 +206,8 @@ class FewShotSegmenter(nn.Module):
         Shots go through correlation and head in groups of the path's ``shots_per_pass``
         (the result is the same; it bounds memory and keeps volumes in cache).
         """
-        path = self.execution_path(query_feats[0].device)
-        step = path.shots_per_pass(self.head)
+        path = self.execution_path()
+        step = path.shots_per_pass(self.head, query_feats[0].device)
         if step is None or state.shots <= step:
             return self._shot_logits(path, query_feats, state)
         return torch.cat([self._shot_logits(path, query_feats, state.shot_range(first, first + step))
@@ -277,8 +276,6 @@ class FewShotSegmenter(nn.Module):
         shot_masks = foreground(_upsample(logits.flatten(0, 1), output_size))
         return vote(shot_masks.unflatten(0, (b, k)))
 
-
-REFERENCE_PATH = ReferencePath()
 
 def build_model(
     arch: str,

@@ -66,7 +66,7 @@ def test_fast_selection_is_timed_and_compared_with_exact_selection():
     model, (q, s, m) = _centred_model(cfg)
     # a channels-last copy with other weights: the two selections then give visibly different masks
     other = fold_backbone(build_model("hsnet", "efficientnet-lite0", "hm").backbone)
-    model.cpu_path.folded_backbone = lambda backbone: other
+    model.fast_path.folded_backbone = lambda backbone: other
     masks = {}
     with torch.inference_mode():
         for exact in (True, False):

@@ -37,7 +37,7 @@ class BenchmarkConfig:
     warmup: int = 1
     stream_queries: int = 8
     naive: bool = True  # also time the straightforward K-forward path
-    exact_selection: bool = True  # see hmfss.fast.path.CpuFastPath; False: HM's support pass channels-last too
+    exact_selection: bool = True  # see hmfss.fast.path.FastPath; False: HM's support pass channels-last too
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""CPU speed-ups of the model's data path, behind one seam: :class:`hmfss.fast.path.CpuFastPath`.
+"""CPU speed-ups of the model's data path, behind one seam: :class:`hmfss.fast.path.FastPath`.
 
 The model's reference path (``hmfss.model.ReferencePath``) composes the plain operations of
 ``masking`` and ``correlation``; the CPU path gives the same maps and logits (bit for bit

@@ -14,13 +14,13 @@ CPU_PIXELS_PER_PASS = 400 * 400  # at most this many pixels per backbone pass (o
 def grouped_passes(backbone: Backbone, images: Tensor, layout: torch.memory_format, sizes: list[int]) -> list[list[Tensor]]:
     """Backbone maps of consecutive parts of a batch (``sizes`` images each), in ``layout``.
 
-    The batch goes in groups of at most :data:`CPU_PIXELS_PER_PASS` pixels, so that small
-    images share a pass while large ones keep their activations in cache. A part that is
+    On the CPU the batch goes in groups of at most :data:`CPU_PIXELS_PER_PASS` pixels, so that
+    small images share a pass while large ones keep their activations in cache; elsewhere in one. A part that is
     one group takes that group's maps as they are (no concatenation).
     """
     images = images.contiguous(memory_format=layout)
     n, _, h, w = images.shape
-    per_pass = max(1, CPU_PIXELS_PER_PASS // (h * w))
+    per_pass = max(1, CPU_PIXELS_PER_PASS // (h * w)) if images.device.type == "cpu" else n
     groups = [(start, backbone(images[start:start + per_pass])) for start in range(0, n, per_pass)]
     parts, first = [], 0
     for size in sizes:

@@ -16,7 +16,10 @@ from hmfss.masking import check_strategy, mask_support_features, needs_input_mas
 
 def mask_window(resized: Tensor) -> tuple[slice, slice] | None:
     """Rows and columns of the smallest window of a resized (B, 1, h, w) mask holding every
-    position where some image's mask is > 0; None where there is none."""
+    position where some image's mask is > 0; None where there is none. The whole map on
+    accelerators (finding the window would wait for the device)."""
+    if resized.device.type != "cpu":
+        return slice(None), slice(None)
     inside = resized.amax(dim=(0, 1)) > 0
     rows, cols = inside.any(1).nonzero(), inside.any(0).nonzero()
     if rows.numel() == 0:

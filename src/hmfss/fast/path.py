@@ -1,10 +1,12 @@
-"""The CPU implementation of the model's execution path (see ``hmfss.model.ExecutionPath``).
+"""The fast implementation of the model's execution path (see ``hmfss.model.ExecutionPath``).
 
-Same steps as the reference path, faster on the CPU (docs/performance.md): backbone passes
-in pixel-count groups, channels-last through a BatchNorm-folded copy for heads that accept
-such maps, except the images whose feature signs select values in the masking rule
-(``exact_selection``); in-place windowed masking; query-major correlation into reused
-per-thread buffers; one shot per correlation + head pass.
+Same steps as the reference path, with the same results up to float rounding
+(docs/performance.md). On every device: support masking written in place into scratch maps,
+query-major correlation into reused per-thread buffers for heads that read it. On the CPU
+also: backbone passes in pixel-count groups, channels-last through a BatchNorm-folded copy
+for heads that accept such maps, except the images whose feature signs select values in the
+masking rule (``exact_selection``); the hybrid rule inside the mask's window; one shot per
+correlation + head pass. Accelerators keep one NCHW backbone pass for all images.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from hmfss.fast.traits import fast_inputs
 from hmfss.masking import selecting_input
 
 
-class CpuFastPath:
-    """Execution path for CPU tensors. ``exact_selection`` (default True): the images whose
+class FastPath:
+    """The default execution path. ``exact_selection`` (CPU) (default True): the images whose
     feature signs choose between FM and IM (the support for ``hm``, the input-masked support
     for ``hm-reverse``) go through the reference NCHW pass, so the rule picks exactly the
     values the reference picks; False sends them channels-last too (faster, and a feature
@@ -47,7 +49,7 @@ class CpuFastPath:
 
     def features(self, backbone: Backbone, images: dict[str, Tensor], head: nn.Module, masking: str) -> dict[str, list[Tensor]]:
         """Backbone maps of each named batch (B_i, 3, H, W); names as in the reference path."""
-        if not fast_inputs(head).channels_last_maps:
+        if not fast_inputs(head).channels_last_maps or next(iter(images.values())).device.type != "cpu":
             exact = set(images)
         else:
             exact = {selecting_input(masking)} if self.exact_selection else set()
@@ -78,9 +80,11 @@ class CpuFastPath:
         with torch.no_grad():
             return query_major_hypercorrelation(query_feats, support_feats, levels, buffers)
 
-    def shots_per_pass(self, head: nn.Module) -> int:
-        """One shot at a time (its 4D volumes stay in cache), or the head's own bound."""
-        return 1 if head.shots_per_pass is None else head.shots_per_pass
+    def shots_per_pass(self, head: nn.Module, device: torch.device) -> int | None:
+        """The head's own bound; on the CPU one shot at a time (its 4D volumes stay in cache)."""
+        if head.shots_per_pass is None and device.type == "cpu":
+            return 1
+        return head.shots_per_pass
 
     def _buffers(self) -> dict:
         if not hasattr(self._local, "buffers"):
