@@ -96,31 +96,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-
-    from hmfss.data.dataset import EpisodeDataset, episode_loader
-    from hmfss.data.readers import make_reader
-    from pathlib import Path
-
-    from hmfss.atomic import atomic_write_bytes, remove_stale_temps
-    from hmfss.checkpoint import load_model
-    from hmfss.training.distributed import resolve_device
-    from hmfss.evaluation.evaluate import evaluate
+def _check_data(args: argparse.Namespace, reader, info, episodes) -> list[str]:
+    """Refuse missing files (unless skipped) and, with --strict, empty ground truths, before
+    the model is loaded; the names of the queries whose ground truth is empty."""
     from hmfss.errors import HmfssError
-    from hmfss.evaluation.metrics import SegmentationMeter
-    from hmfss.cli.predict import check_model_arguments
-    from hmfss.inputs import check_output_dir, check_output_file
 
-    if args.batch_size < 1:
-        raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise HmfssError(f"--workers must be >= 0, got {args.workers}")
-    check_model_arguments(args)
-    check_output_file(args.json, "--json")
-    check_output_dir(args.visualize, "--visualize")
-    info, episodes, protocol = resolve_episodes(args)
-    reader = make_reader(args.benchmark, args.datapath, info)
     if not args.skip_bad_images:
         names = dict.fromkeys(n for ep in episodes for n in (ep.query, *ep.supports))
         missing = reader.missing(names)
@@ -131,26 +111,13 @@ def run(args: argparse.Namespace) -> int:
     if empty and args.strict:
         raise HmfssError(f"the ground truth of {reader.paths(empty[0])[0]} is empty or entirely ignored "
                          f"({len(empty)} such quer{'y' if len(empty) == 1 else 'ies'}; --strict)")
+    return empty
 
-    device = resolve_device(args.device or "auto")
-    model = load_model(args.checkpoint, arch=args.arch, backbone=args.backbone, masking=args.masking,
-                       img_size=args.img_size, device=device, benchmark=args.benchmark)
-    model.exact_selection = not args.fast_selection
-    img_size = int(args.img_size or model.config.img_size)
 
-    reader.draft = (img_size, img_size)  # huge JPEGs decoded at a reduced scale; masks stay full size
-    dataset = EpisodeDataset(reader, episodes, img_size, original_size=args.use_original_imgsize,
-                             ignore_255=args.ignore_255)
-    loader = episode_loader(dataset, args.batch_size, args.workers)
-    meter = SegmentationMeter(info.class_ids, info.n_classes, info.class_names)
-    outcome = evaluate(model, loader, meter, device=device, original_size=args.use_original_imgsize,
-                       skip_bad=args.skip_bad_images, visualize=args.visualize,
-                       progress=args.progress and sys.stderr.isatty(), total=len(episodes))
-    if outcome["evaluated"] == 0:
-        raise HmfssError(f"no episode could be evaluated ({outcome['skipped']} skipped; first: "
-                         f"{outcome['skipped_episodes'][0]['error'] if outcome['skipped_episodes'] else '-'})")
-
-    result = {
+def _result(args: argparse.Namespace, info, episodes, protocol: str, img_size: int, model, outcome: dict,
+            empty: list[str]) -> dict:
+    """Every figure of the run, as written by --json."""
+    return {
         "miou": outcome["miou"],
         "fb_iou": outcome["fb_iou"],
         "benchmark": args.benchmark,
@@ -176,6 +143,54 @@ def run(args: argparse.Namespace) -> int:
         "skipped_episodes": outcome["skipped_episodes"],
         "empty_ground_truth": empty,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `hmfss --help` imports every command's module
+    import json
+    from pathlib import Path
+
+    from hmfss.atomic import atomic_write_bytes, remove_stale_temps
+    from hmfss.checkpoint import load_model
+    from hmfss.cli.predict import check_model_arguments
+    from hmfss.data.dataset import EpisodeDataset, episode_loader
+    from hmfss.data.readers import make_reader
+    from hmfss.errors import HmfssError
+    from hmfss.evaluation.evaluate import evaluate
+    from hmfss.evaluation.metrics import SegmentationMeter
+    from hmfss.inputs import check_output_dir, check_output_file
+    from hmfss.training.distributed import resolve_device
+
+    if args.batch_size < 1:
+        raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise HmfssError(f"--workers must be >= 0, got {args.workers}")
+    check_model_arguments(args)
+    check_output_file(args.json, "--json")
+    check_output_dir(args.visualize, "--visualize")
+    info, episodes, protocol = resolve_episodes(args)
+    reader = make_reader(args.benchmark, args.datapath, info)
+    empty = _check_data(args, reader, info, episodes)
+
+    device = resolve_device(args.device or "auto")
+    model = load_model(args.checkpoint, arch=args.arch, backbone=args.backbone, masking=args.masking,
+                       img_size=args.img_size, device=device, benchmark=args.benchmark)
+    model.exact_selection = not args.fast_selection
+    img_size = int(args.img_size or model.config.img_size)
+
+    reader.draft = (img_size, img_size)  # huge JPEGs decoded at a reduced scale; masks stay full size
+    dataset = EpisodeDataset(reader, episodes, img_size, original_size=args.use_original_imgsize,
+                             ignore_255=args.ignore_255)
+    loader = episode_loader(dataset, args.batch_size, args.workers)
+    meter = SegmentationMeter(info.class_ids, info.n_classes, info.class_names)
+    outcome = evaluate(model, loader, meter, device=device, original_size=args.use_original_imgsize,
+                       skip_bad=args.skip_bad_images, visualize=args.visualize,
+                       progress=args.progress and sys.stderr.isatty(), total=len(episodes))
+    if outcome["evaluated"] == 0:
+        raise HmfssError(f"no episode could be evaluated ({outcome['skipped']} skipped; first: "
+                         f"{outcome['skipped_episodes'][0]['error'] if outcome['skipped_episodes'] else '-'})")
+
+    result = _result(args, info, episodes, protocol, img_size, model, outcome, empty)
     if args.json:
         remove_stale_temps(Path(args.json).parent)
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
@@ -188,4 +203,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {len(empty)} quer{'y' if one else 'ies'} with an empty or entirely ignored ground truth "
               f"{'was' if one else 'were'} scored (first: {empty[0]}); --strict refuses them")
     return 0
-
