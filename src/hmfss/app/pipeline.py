@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from hmfss.data.io import list_images, read_image, read_mask
-from hmfss.data.transforms import image_to_tensor, resize_mask
+from hmfss.data.transforms import image_to_tensor, resize_mask_nearest
 from hmfss.errors import HmfssError
 from hmfss.model import FewShotSegmenter, SupportState
 from hmfss.multiclass import ClassPrediction, encode_classes, segment_classes
@@ -58,7 +58,7 @@ def check_example(image: Image.Image, mask: np.ndarray, source: str, size: int) 
                          f"{image.width}x{image.height}")
     if not mask.any():
         raise HmfssError(f"mask of {source} is empty (no foreground pixel)")
-    if not resize_mask(mask, size).any():
+    if not resize_mask_nearest(mask, size).any():
         raise HmfssError(f"mask of {source} vanishes when resized to {size}x{size}; the object is too small")
 
 
@@ -69,7 +69,7 @@ def support_tensors(support: ClassSupport, size: int) -> tuple[Tensor, Tensor]:
     for image, mask, source in zip(support.images, support.masks, support.sources):
         check_example(image, mask, source, size)
     images = torch.stack([image_to_tensor(img, size) for img in support.images])
-    masks = torch.stack([resize_mask(m, size) for m in support.masks])
+    masks = torch.stack([resize_mask_nearest(m, size) for m in support.masks])
     return images[None], masks[None]
 
 
