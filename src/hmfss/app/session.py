@@ -44,6 +44,50 @@ def drawn_mask(editor: dict[str, Any] | None, size: tuple[int, int]) -> np.ndarr
     return (np.asarray(mask) > 0).astype(np.uint8)
 
 
+@dataclass
+class Pending:
+    """The example being prepared: uploaded support image and mask file paths (None: not yet)."""
+
+    image: str | None = None
+    mask: str | None = None
+
+
+def check_image(path: str | None) -> str:
+    """An uploaded support image's path, once it reads as an image; HmfssError otherwise."""
+    if not path:
+        raise HmfssError("no support image was uploaded")
+    read_image(path)
+    return path
+
+
+def check_mask_file(path: str | None) -> str:
+    """An uploaded mask file's path, once it reads as a mask; HmfssError otherwise."""
+    if not path:
+        raise HmfssError("no mask file was uploaded")
+    read_mask(path)
+    return path
+
+
+def pending_text(pending: Pending, added: Pending | None = None) -> str:
+    """Markdown: the example being prepared (or the one just added), naming its files."""
+    if added is not None and added.image:
+        how = f"mask file {Path(added.mask).name}" if added.mask else "drawn mask"
+        return f"Added {Path(added.image).name} ({how}). Upload the next support image."
+    if not pending.image:
+        return "Next example: upload a support image."
+    image = read_image(pending.image)
+    how = f"mask file {Path(pending.mask).name}" if pending.mask else "draw the mask below, or upload a mask file"
+    return f"Next example: support image {Path(pending.image).name} ({image.width}x{image.height} px); {how}."
+
+
+def queries_text(files: Sequence[str] | None) -> str:
+    """Markdown: how many query images are uploaded."""
+    if not files:
+        return "No query image uploaded."
+    return f"{len(files)} query image(s) uploaded: " + ", ".join(Path(f).name for f in files[:8]) + \
+        (", ..." if len(files) > 8 else "") + "."
+
+
 def add_example(classes: list[ClassSupport], name: str, image_path: str | None,
                 mask_path: str | None, editor: dict[str, Any] | None, size: int) -> list[ClassSupport]:
     """A copy of ``classes`` with one (image, mask) example added to class ``name`` (created if new).
