@@ -18,7 +18,7 @@ from PIL import Image
 
 from hmfss.app.outputs import write_results, zip_folder
 from hmfss.app.pipeline import MAX_SHOTS, ClassSupport, MultiClassSegmenter, check_class_name, check_example
-from hmfss.data.io import list_images, read_image, read_mask
+from hmfss.data.io import list_images, read_image, read_mask, unique_stems
 from hmfss.errors import HmfssError
 from hmfss.model import FewShotSegmenter
 
@@ -139,17 +139,6 @@ def query_paths(files: Sequence[str] | None, folder: str | None) -> list[Path]:
     if not paths:
         raise HmfssError("add query images (upload them or give a folder)")
     return paths
-
-
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems, with ``_1``, ``_2``... appended to repeats."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
-    return stems
 
 
 @dataclass

@@ -95,23 +95,13 @@ def load_support_set(pairs: list[list[str]], size: int):
     return torch.stack(images)[None], torch.stack(masks)[None]
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
-    return stems
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from PIL import Image
     from tqdm import tqdm
 
-    from hmfss.data.io import overlay, read_image, save_image_atomic
+    from hmfss.data.io import overlay, read_image, save_image_atomic, unique_stems
     from hmfss.data.transforms import image_to_tensor
     from hmfss.checkpoint import load_model
     from hmfss.training.distributed import resolve_device
@@ -123,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.support_dir is not None:
         from hmfss.cli.predict_classes import run_support_dir
 
-        return run_support_dir(args, queries, _unique_stems(queries))
+        return run_support_dir(args, queries, unique_stems(queries))
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.arch, args.backbone, args.masking, args.img_size, device=device)
     model.exact_selection = not args.fast_selection
@@ -131,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     support_imgs, support_masks = load_support_set(args.support, size)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(queries)
+    stems = unique_stems(queries)
     with torch.inference_mode():
         state = model.encode_support(support_imgs.to(device), support_masks.to(device))
         bar = tqdm(total=len(queries), desc="predict", unit="img", disable=len(queries) < 2)
