@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory):
+def page_url():
     from hmfss.app.ui import build_app
 
     port = _free_port()
