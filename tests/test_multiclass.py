@@ -56,3 +56,16 @@ def test_one_class_label_map_equals_the_single_class_mask_and_classes_are_indepe
             for i in range(2):
                 assert torch.equal(alone[i].labels, single[i])
                 assert torch.equal(both[i].masks[c], single[i])
+
+
+def test_multiclass_api_is_public_under_hmfss():
+    import hmfss
+    import hmfss.app.pipeline
+    import hmfss.multiclass
+
+    assert hmfss.segment_classes is hmfss.multiclass.segment_classes
+    assert hmfss.encode_classes is hmfss.multiclass.encode_classes
+    assert hmfss.ClassPrediction is hmfss.multiclass.ClassPrediction
+    assert hmfss.MultiClassSegmenter is hmfss.app.pipeline.MultiClassSegmenter
+    assert hmfss.read_support_dir is hmfss.app.pipeline.read_support_dir
+    assert {"segment_classes", "MultiClassSegmenter"} <= set(dir(hmfss))

@@ -26,6 +26,12 @@ _LAZY = {
     "load_checkpoint": "hmfss.checkpoint",
     "load_model": "hmfss.checkpoint",
     "save_checkpoint": "hmfss.checkpoint",
+    "ClassPrediction": "hmfss.multiclass",
+    "encode_classes": "hmfss.multiclass",
+    "segment_classes": "hmfss.multiclass",
+    "ClassSupport": "hmfss.app.pipeline",
+    "MultiClassSegmenter": "hmfss.app.pipeline",
+    "read_support_dir": "hmfss.app.pipeline",
 }
 
 __all__ = ["__version__", "HmfssError", *_LAZY]

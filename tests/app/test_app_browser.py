@@ -2,13 +2,16 @@
 download): load a model, draw a mask with the brush, build two classes from mask files, segment
 two queries, download the zip and compare its masks with ``hmfss predict --support-dir``'s.
 
-Set HMFSS_APP_SCREENSHOT=PATH to also save a screenshot of the page with its results.
+Every step waits for the server's acknowledgement in the page (a status text naming the file
+just uploaded or the class just added), never for a fixed time, so a slow machine only makes
+it slower. Set HMFSS_APP_SCREENSHOT=PATH to also save a screenshot of the page with results.
 """
 
 import io
 import os
 import shutil
 import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -23,7 +26,7 @@ gr = pytest.importorskip("gradio", reason="Gradio is not installed (pip install 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
                                 reason="no Chromium (Debian: apt-get install chromium)")
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 90_000  # any one step; generous for a loaded CI machine
 
 
 def _free_port() -> int:
@@ -32,26 +35,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture()
-def page_url(app_files):
+@pytest.fixture(scope="module")
+def page_url():
     from hmfss.app.ui import build_app
 
     port = _free_port()
-    app = build_app("cpu", str(app_files["ckpt"]))
+    app = build_app("cpu", None)  # no model preloaded: the test picks it
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
 
-@pytest.fixture()
-def page(page_url):
+@pytest.fixture(scope="module")
+def browser():
     with sync_api.sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        tab = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        tab.set_default_timeout(TIMEOUT_MS)
-        tab.goto(page_url)
-        yield tab
-        browser.close()
+        chromium = play.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, page_url):
+    """A fresh page (a new Gradio session: empty support set) per test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    tab.goto(page_url)
+    yield tab
+    context.close()
 
 
 def _load_model(tab, ckpt: Path) -> None:
@@ -60,45 +71,56 @@ def _load_model(tab, ckpt: Path) -> None:
     tab.wait_for_selector("#model_info:has-text('HSNET with efficientnet-lite0')")
 
 
-def _add_example(tab, name: str, image: Path, mask: Path | None) -> None:
+def _upload(tab, button: str, path: Path) -> None:
+    """Click an upload button and pick ``path`` in the file chooser it opens."""
+    with tab.expect_file_chooser() as chooser:
+        tab.click(button)
+    chooser.value.set_files(str(path))
+
+
+def _upload_image(tab, image: Path) -> None:
+    _upload(tab, "#support_image", image)
+    tab.wait_for_selector(f"#pending_info:has-text('support image {image.name}')")
+
+
+def _add_example(tab, name: str, image: Path, mask: Path) -> None:
     tab.fill("#class_name textarea, #class_name input", name)
-    tab.set_input_files("#support_image input[type=file]", str(image))
-    tab.wait_for_timeout(1000)  # the image's change event (it fills the editor) settles first
-    tab.wait_for_selector(f"#support_image:has-text('{image.name}')")
-    if mask is not None:
-        tab.set_input_files("#support_mask input[type=file]", str(mask))
-        tab.wait_for_selector(f"#support_mask:has-text('{mask.name}')")
+    _upload_image(tab, image)
+    _upload(tab, "#support_mask", mask)
+    tab.wait_for_selector(f"#pending_info:has-text('mask file {mask.name}')")
     tab.click("#add_example")
-    tab.wait_for_selector(f"#support_info:has-text('{name}')")
-    tab.wait_for_selector(f"#support_image:not(:has-text('{image.name}'))")  # the inputs are cleared
-    if mask is not None:
-        tab.wait_for_selector(f"#support_mask:not(:has-text('{mask.name}'))")
-    tab.wait_for_timeout(2000)  # and the editor with them (a second event)
+    tab.wait_for_selector(f"#support_info li:has-text('{name}')")
+    tab.wait_for_selector(f"#pending_info:has-text('Added {image.name}')")
+
+
+def _wait_for_painted(canvas, timeout_s: float) -> None:
+    """Wait until the editor canvas shows the (random-noise) support image, not a blank area."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), np.float32)
+        if shot.std() > 20:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the editor never showed the support image")
 
 
 def test_brush_strokes_give_a_non_empty_mask(page, app_files):
     _load_model(page, app_files["ckpt"])
     page.fill("#class_name textarea, #class_name input", "drawn")
-    page.set_input_files("#support_image input[type=file]", str(app_files["support"] / "cat" / "images" / "cat1.png"))
+    _upload_image(page, app_files["support"] / "cat" / "images" / "cat1.png")
     canvas = page.locator("#support_editor canvas").first
-    canvas.wait_for()
-    info = page.locator("#support_info")
-    for _attempt in range(3):  # the canvas takes the background image a moment after the upload
-        page.wait_for_timeout(1500)
-        page.click("#support_editor button[aria-label=Brush]")
-        box = canvas.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx - 60, cy - 30)
-        page.mouse.down()
-        for step in range(12):
-            page.mouse.move(cx - 60 + 10 * step, cy - 30 + 5 * step, steps=3)
-        page.mouse.up()
-        page.click("#add_example")
-        page.wait_for_timeout(1500)
-        if "drawn" in info.inner_text():
-            break
-    info = page.locator("#support_info")
-    info.filter(has_text="drawn").wait_for()
+    _wait_for_painted(canvas, TIMEOUT_MS / 1000)
+    page.click("#support_editor button[aria-label=Brush]")
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 60, cy - 30)
+    page.mouse.down()
+    for step in range(12):
+        page.mouse.move(cx - 60 + 10 * step, cy - 30 + 5 * step, steps=3)
+    page.mouse.up()
+    page.click("#add_example")
+    info = page.locator("#support_info li", has_text="drawn")
+    info.wait_for()
     pixels = int(info.inner_text().split("(mask ")[1].split(" px")[0])
     assert pixels > 0
 
@@ -108,9 +130,10 @@ def test_two_classes_two_queries_gallery_and_zip_equal_the_cli(page, app_files, 
     for name in ("cat", "dog"):
         folder = app_files["support"] / name
         _add_example(page, name, folder / "images" / f"{name}1.png", folder / "masks" / f"{name}1.png")
+    assert page.locator("#support_info li").count() == 2
     queries = sorted(app_files["queries"].iterdir())
     page.set_input_files("#queries input[type=file]", [str(q) for q in queries])
-    page.wait_for_selector(f"#queries:has-text('{queries[-1].name}')")
+    page.wait_for_selector(f"#query_info:has-text('{len(queries)} query image(s) uploaded')")
     page.click("#segment")
     page.wait_for_selector("#table:has-text('q1')")
     assert page.locator("#gallery img").count() == 2

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from hmfss.checkpoint import checkpoint_state, load_model, read_checkpoint
-from hmfss.data.synthetic import read_metadata
 from hmfss.errors import HmfssError
 from hmfss.model import FewShotSegmenter
 
@@ -52,7 +51,7 @@ def default_checkpoint(folder: Path = DEMO_DIR) -> Path | None:
 def _synthetic(train: dict[str, Any], path: Path) -> bool:
     """Whether the model was trained on a generated (synthetic) benchmark."""
     datapath = train.get("datapath")
-    if datapath and read_metadata(datapath) is not None:
+    if datapath and (Path(datapath) / "synthetic.json").is_file():  # written by hmfss data synthetic
         return True
     return (path.parent / "demo.json").is_file()  # a checkpoint in a demo folder
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from hmfss.app.outputs import write_results, zip_folder
 from hmfss.app.pipeline import MAX_SHOTS, ClassSupport, MultiClassSegmenter, check_class_name, check_example
-from hmfss.data.io import list_images, read_image, read_mask
+from hmfss.data.io import list_images, read_image, read_mask, unique_stems
 from hmfss.errors import HmfssError
 from hmfss.model import FewShotSegmenter
 
@@ -42,6 +42,50 @@ def drawn_mask(editor: dict[str, Any] | None, size: tuple[int, int]) -> np.ndarr
     if mask.size != size:
         mask = mask.resize(size, Image.NEAREST)
     return (np.asarray(mask) > 0).astype(np.uint8)
+
+
+@dataclass
+class Pending:
+    """The example being prepared: uploaded support image and mask file paths (None: not yet)."""
+
+    image: str | None = None
+    mask: str | None = None
+
+
+def check_image(path: str | None) -> str:
+    """An uploaded support image's path, once it reads as an image; HmfssError otherwise."""
+    if not path:
+        raise HmfssError("no support image was uploaded")
+    read_image(path)
+    return path
+
+
+def check_mask_file(path: str | None) -> str:
+    """An uploaded mask file's path, once it reads as a mask; HmfssError otherwise."""
+    if not path:
+        raise HmfssError("no mask file was uploaded")
+    read_mask(path)
+    return path
+
+
+def pending_text(pending: Pending, added: Pending | None = None) -> str:
+    """Markdown: the example being prepared (or the one just added), naming its files."""
+    if added is not None and added.image:
+        how = f"mask file {Path(added.mask).name}" if added.mask else "drawn mask"
+        return f"Added {Path(added.image).name} ({how}). Upload the next support image."
+    if not pending.image:
+        return "Next example: upload a support image."
+    image = read_image(pending.image)
+    how = f"mask file {Path(pending.mask).name}" if pending.mask else "draw the mask below, or upload a mask file"
+    return f"Next example: support image {Path(pending.image).name} ({image.width}x{image.height} px); {how}."
+
+
+def queries_text(files: Sequence[str] | None) -> str:
+    """Markdown: how many query images are uploaded."""
+    if not files:
+        return "No query image uploaded."
+    return f"{len(files)} query image(s) uploaded: " + ", ".join(Path(f).name for f in files[:8]) + \
+        (", ..." if len(files) > 8 else "") + "."
 
 
 def add_example(classes: list[ClassSupport], name: str, image_path: str | None,
@@ -95,17 +139,6 @@ def query_paths(files: Sequence[str] | None, folder: str | None) -> list[Path]:
     if not paths:
         raise HmfssError("add query images (upload them or give a folder)")
     return paths
-
-
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems, with ``_1``, ``_2``... appended to repeats."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
-    return stems
 
 
 @dataclass

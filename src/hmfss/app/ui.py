@@ -13,7 +13,8 @@ from typing import Any, Callable
 import gradio as gr
 
 from hmfss.app.models import NO_MODEL, ModelChoice, default_checkpoint, open_model
-from hmfss.app.session import add_example, query_paths, segment_queries, summary
+from hmfss.app.session import (Pending, add_example, check_image, check_mask_file, pending_text, queries_text,
+                               query_paths, segment_queries, summary)
 from hmfss.errors import HmfssError
 
 ARCHS = ["(from checkpoint)", "hsnet", "vat", "asnet"]
@@ -49,11 +50,23 @@ def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
         return model, text
 
     @_shown
-    def add(classes, model, name, image, mask, editor):
+    def choose_image(upload: str | None):
+        pending = Pending(image=check_image(upload))
+        return pending, pending_text(pending), pending.image
+
+    @_shown
+    def choose_mask(pending: Pending, upload: str | None):
+        if not pending.image:
+            raise HmfssError("upload the support image first, then its mask")
+        pending = Pending(pending.image, check_mask_file(upload))
+        return pending, pending_text(pending)
+
+    @_shown
+    def add(classes, model, name, pending: Pending, editor):
         if model is None:
             raise HmfssError("load a model first (its input size decides whether a small mask survives)")
-        classes = add_example(classes, name, image, mask, editor, model.config.img_size)
-        return classes, summary(classes), None, None, None
+        classes = add_example(classes, name, pending.image, pending.mask, editor, model.config.img_size)
+        return classes, summary(classes), Pending(), pending_text(Pending(), added=pending), None
 
     @_shown
     def run(model, classes, files, folder, progress=gr.Progress()):
@@ -63,7 +76,7 @@ def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
         return result.gallery, result.table + f"\n\nTotal {result.seconds:.1f} s.", str(result.zip_path)
 
     with gr.Blocks(title="hmfss: few-shot segmentation") as page:
-        model_state, classes_state = gr.State(None), gr.State([])
+        model_state, classes_state, pending_state = gr.State(None), gr.State([]), gr.State(Pending())
         gr.Markdown("# hmfss: segment your photos from a few annotated examples\n"
                     "1. load a model; 2. for each class give 1-5 images and draw (or upload) the object's mask; "
                     "3. add query images and press **Segment**.")
@@ -79,11 +92,12 @@ def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
             load_btn = gr.Button("Load model", elem_id="load_model")
             info = gr.Markdown("" if start else NO_MODEL, elem_id="model_info")
         with gr.Accordion("2. Support set", open=True):
-            with gr.Row():
-                name = gr.Textbox(label="class name", elem_id="class_name", scale=1)
-                image = gr.File(label="support image", file_types=["image"], elem_id="support_image", scale=2)
-                mask = gr.File(label="mask file (optional: or draw below)", file_types=["image"],
-                               elem_id="support_mask", scale=2)
+            with gr.Row(equal_height=True):
+                name = gr.Textbox(label="class name", elem_id="class_name", scale=2)
+                image = gr.UploadButton("Upload a support image", file_types=["image"], elem_id="support_image")
+                mask = gr.UploadButton("Upload its mask (optional: or draw below)", file_types=["image"],
+                                       elem_id="support_mask")
+            pending_info = gr.Markdown(pending_text(Pending()), elem_id="pending_info")
             editor = gr.ImageEditor(label="draw the object (brush; eraser to fix)", type="numpy",
                                     sources=(), transforms=(), elem_id="support_editor",
                                     brush=gr.Brush(colors=["#ff2020"], color_mode="fixed", default_size="auto"),
@@ -97,15 +111,20 @@ def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
                 queries = gr.File(label="query images", file_count="multiple", file_types=["image"],
                                   elem_id="queries", scale=3)
                 folder = gr.Textbox(label="or a folder on this machine", elem_id="query_folder", scale=2)
+            query_info = gr.Markdown(queries_text(None), elem_id="query_info")
             run_btn = gr.Button("Segment", variant="primary", elem_id="segment")
         gallery = gr.Gallery(label="results", columns=3, elem_id="gallery", height="auto")
         table = gr.Markdown(elem_id="table")
         download = gr.DownloadButton("Download all results (zip)", elem_id="download")
 
         load_btn.click(load, [path, upload, arch, backbone, benchmark], [model_state, info])
-        image.change(lambda f: f, image, editor)
-        add_btn.click(add, [classes_state, model_state, name, image, mask, editor],
-                      [classes_state, support_info, image, mask, editor])
+        # Uploads go to server-side state, acknowledged in #pending_info: no input is cleared
+        # behind the user's back, so a new upload never races the clearing of the last one.
+        image.upload(choose_image, image, [pending_state, pending_info, editor])
+        mask.upload(choose_mask, [pending_state, mask], [pending_state, pending_info])
+        add_btn.click(add, [classes_state, model_state, name, pending_state, editor],
+                      [classes_state, support_info, pending_state, pending_info, editor])
+        queries.change(queries_text, queries, query_info)
         clear_btn.click(lambda: ([], summary([])), None, [classes_state, support_info])
         run_btn.click(run, [model_state, classes_state, queries, folder], [gallery, table, download])
         if start:

@@ -190,6 +190,17 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def unique_stems(paths: list[Path] | tuple[Path, ...]) -> list[str]:
+    """File stems for output names, with ``_1``, ``_2``... appended to repeats (a/x.png, b/x.png)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return stems
+
+
 def save_image_atomic(img: Image.Image, path: str | Path) -> Path:
     """Write an image (format from the suffix) atomically: never half-written."""
     from hmfss.atomic import atomic_write
