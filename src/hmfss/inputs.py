@@ -34,8 +34,9 @@ def _shape(t: Tensor) -> str:
 
 
 def _on_cpu(t: Tensor) -> bool:
-    """Whether the values of ``t`` are checked (see the module doc)."""
-    return t.device.type == "cpu"
+    """Whether the values of ``t`` are checked (see the module doc; not while torch.compile traces,
+    where reading a value would break the graph)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _tensor(value: Any, name: str) -> Tensor:
