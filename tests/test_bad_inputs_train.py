@@ -29,6 +29,7 @@ CONFIGS = {
     "tag.yaml": "lr: !!python/object/apply:os.system ['echo hi']\n",
     "bad.json": '{"lr": 0.1,}\n',
     "string_lr.yaml": "lr: fast\n",
+    "huge.yaml": "img_size: 5000\n",
 }
 
 
@@ -82,6 +83,13 @@ CASES = {
     "epochs-zero": (R + " --epochs 0", "epochs must be at least 1, got 0"),
     "img-size-negative": (R + " --img-size -5", "img_size must be at least 1, got -5"),
     "workers-negative": (R + " --workers -1", "workers and checkpoint_every must not be negative"),
+    "img-size-too-large": (R + " --img-size 100000", "img_size must be between 1 and 1024, got 100000"),
+    "device-meta": (R + " --device meta", "device 'meta' holds no data"),
+    "device-unknown": (R + " --device nonsense", "unknown device 'nonsense'"),
+    "device-missing-gpu": (R + " --device cuda:99", "'cuda:99' requested but (CUDA is not available|only)"),
+    "max-pixels-zero": (R + " --max-pixels 0", "--max-pixels must be a positive integer, got 0"),
+    "config-img-size-too-large": (R.replace(" --img-size 32", "") + " --config {root}/huge.yaml",
+                                  "img_size must be between 1 and 1024, got 5000"),
     # config files
     "config-lr-nan": (R + " --config {root}/nan_lr.yaml", "lr must be a finite number, got nan"),
     "config-weight-decay-inf": (R + " --config {root}/inf_wd.yaml", "weight_decay must be a finite number"),
@@ -136,3 +144,16 @@ def test_bad_train_input(world, case, capsys):
     assert len(lines) == 1, err
     assert re.search(message, lines[0]) or message in lines[0], lines[0]
     assert _snapshot(world["out"]) == before, "an output file was written, changed or left behind"
+
+
+def test_an_image_over_the_pixel_limit_stops_the_run_and_resume_may_raise_the_limit(world, tmp_path, capsys):
+    """The limit is met only when an image is read: one error line last, exit 2, no traceback;
+    --max-pixels is a run-time option, so the resumed run may raise it."""
+    argv = R.format(bench=world["bench"], out=tmp_path).split()
+    assert main(argv + ["--max-pixels", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"hmfss: error: image .*\.jpg is 32x32 = 1024 pixels, over the pixel limit of 100 "
+                     r"\(raise it with --max-pixels\)$", err.strip().splitlines()[-1])
+    assert main(["train", "--resume", str(tmp_path / "run"), "--max-pixels", "1024"]) == 0
+    assert (tmp_path / "run" / "best.pt").is_file()

@@ -5,7 +5,9 @@ from helpers import make_episode
 from helpers.golden import init_by_name
 from hmfss import build_model, vote
 from hmfss.errors import HmfssError
+from hmfss.checkpoint import load_checkpoint, load_model
 from hmfss.fast.traits import FastInputs
+from hmfss.inputs import check_images, check_masks
 from hmfss.masking import STRATEGIES
 from hmfss.model import ExecutionPath, ReferencePath, foreground
 
@@ -297,3 +299,133 @@ def test_fast_path_keeps_one_pass_and_all_shots_off_the_cpu():
     assert model.fast_path.shots_per_pass(model.head, torch.device("meta")) is None
     assert model.fast_path.shots_per_pass(model.head, torch.device("cpu")) == 1
     assert mask_window(torch.zeros(1, 1, 4, 4, device="meta")) == (slice(None), slice(None))
+
+
+# ---- the public API refuses invalid inputs with an HmfssError naming the argument ---------------
+
+Q, S, M = make_episode(batch=1, shots=2, size=32, seed=7)
+
+
+def _with(**changes):
+    """(query_img, support_imgs, support_masks) of a good 2-shot episode, with some replaced."""
+    args = {"query_img": Q, "support_imgs": S, "support_masks": M}
+    return {**args, **changes}
+
+
+BAD_EPISODES = {
+    "0/255 masks": (_with(support_masks=M * 255),
+                    r"support_masks must be binary \(only 0 and 1\), got values in \[0, 255\]; "
+                    r"divide 0/255 masks by 255"),
+    "negative mask": (_with(support_masks=-M), r"support_masks must be binary .* got values in \[-1, 0\]$"),
+    "soft mask": (_with(support_masks=M * 0.7), r"support_masks must be binary .* got values in \[0, 0.7\]$"),
+    "empty mask": (_with(support_masks=torch.cat([M[:, :1], torch.zeros_like(M[:, 1:])], 1)),
+                   r"support_masks\[0, 1\] is empty \(no foreground pixel\)"),
+    "NaN mask": (_with(support_masks=M * float("nan")), "support_masks holds NaN or infinite values"),
+    "uint8 query": (_with(query_img=(Q * 255).clamp(0, 255).to(torch.uint8)),
+                    r"query_img must be a float tensor \(normalised images\), got torch.uint8"),
+    "uint8 supports": (_with(support_imgs=torch.zeros(1, 2, 3, 32, 32, dtype=torch.uint8)),
+                       "support_imgs must be a float tensor .* got torch.uint8"),
+    "NaN query": (_with(query_img=Q.clone().index_fill_(3, torch.tensor([5]), float("nan"))),
+                  "query_img holds NaN or infinite values"),
+    "inf supports": (_with(support_imgs=S.clone().fill_(float("inf"))), "support_imgs holds NaN or infinite values"),
+    "K = 0": (_with(support_imgs=S[:, :0], support_masks=M[:, :0]),
+              r"support_imgs must hold at least one shot \(K >= 1\), got shape \(1, 0, 3, 32, 32\)"),
+    "K = 0 masks only": (_with(support_masks=M[:, :0]), r"support_masks must hold at least one shot \(K >= 1\)"),
+    "3D query": (_with(query_img=Q[0]), r"query_img must have shape \(B, 3, H, W\), got \(3, 32, 32\)"),
+    "4D supports": (_with(support_imgs=S[:, 0]),
+                    r"support_imgs must have shape \(B, K, 3, H, W\), got \(1, 3, 32, 32\)"),
+    "3D masks": (_with(support_masks=M[:, 0]), r"support_masks must have shape \(B, K, H, W\), got \(1, 32, 32\)"),
+    "masks of another size": (_with(support_masks=M[..., :16, :16]),
+                              r"support_masks \(1, 2, 16, 16\) do not match support_imgs \(1, 2, 3, 32, 32\): "
+                              r"expected \(1, 2, 32, 32\)"),
+    "fewer masks than shots": (_with(support_masks=M[:, :1]), r"support_masks \(1, 1, 32, 32\) do not match"),
+    "query batch differs": (_with(query_img=Q.expand(2, -1, -1, -1)),
+                            r"hold 1 episode\(s\) but query_img \(2, 3, 32, 32\)"),
+    "query size differs": (_with(query_img=Q[..., :16, :16]),
+                           r"support_imgs .* and query_img \(1, 3, 16, 16\) differ in size"),
+    "a list, not a tensor": (_with(support_masks=M.tolist()), "support_masks must be a torch.Tensor, got list"),
+    "tensors on another device": (_with(query_img=Q.to("meta")), "query_img is on meta but the model is on cpu"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EPISODES))
+def test_predict_mask_refuses_bad_inputs(model, case):
+    args, message = BAD_EPISODES[case]
+    with pytest.raises(HmfssError, match=message):
+        model.predict_mask(**args)
+
+
+@pytest.mark.parametrize("case", ["0/255 masks", "soft mask", "empty mask", "uint8 supports", "K = 0",
+                                  "masks of another size", "a list, not a tensor"])
+def test_encode_support_refuses_bad_supports(model, case):
+    args, message = BAD_EPISODES[case]
+    with pytest.raises(HmfssError, match=message):
+        model.encode_support(args["support_imgs"], args["support_masks"])
+
+
+def test_empty_support_masks_only_where_allowed(model):
+    empty = torch.zeros_like(M)
+    with pytest.raises(HmfssError, match=r"support_masks\[0, 0\] is empty"):
+        model.predict_mask(Q, S, empty)
+    with torch.no_grad():
+        pred = model.predict_mask(Q, S, empty, allow_empty_support=True)
+        state = model.encode_support(S, empty, allow_empty_support=True)
+        assert torch.equal(model.segment(Q, state), pred)
+    assert pred.shape == (1, 32, 32)
+
+
+def test_forward_checks_its_one_shot_episode_and_allows_an_empty_mask(model):
+    with pytest.raises(HmfssError, match=r"support_mask must be binary .* \[0, 255\]; divide 0/255 masks by 255"):
+        model(Q, S[:, 0], M[:, 0] * 255)
+    with pytest.raises(HmfssError, match=r"support_mask must have shape \(B, H, W\), got \(1, 2, 32, 32\)"):
+        model(Q, S[:, 0], M)
+    with pytest.raises(HmfssError, match=r"support_img must have shape \(B, 3, H, W\), got \(1, 2, 3, 32, 32\)"):
+        model(Q, S, M[:, 0])
+    with pytest.raises(HmfssError, match="query_img holds NaN"):
+        model(Q * float("nan"), S[:, 0], M[:, 0])
+    with pytest.raises(HmfssError, match=r"support_mask \(1, 16, 16\) do not match support_img \(1, 3, 32, 32\)"):
+        model(Q, S[:, 0], M[:, 0, :16, :16])
+    with torch.no_grad():  # training episodes may hold an empty support mask; bool and int masks are binary too
+        assert model(Q, S[:, 0], torch.zeros_like(M[:, 0])).shape == (1, 2, 32, 32)
+        as_float = model(Q, S[:, 0], M[:, 0])
+        assert torch.equal(model(Q, S[:, 0], M[:, 0].bool()), as_float)
+        assert torch.equal(model(Q, S[:, 0], M[:, 0].long()), as_float)
+
+
+def test_segment_and_encode_query_check_the_query_and_the_state(model):
+    with torch.no_grad():
+        state = model.encode_support(S.expand(2, -1, -1, -1, -1), M.expand(2, -1, -1, -1))
+    with pytest.raises(HmfssError, match=r"state holds 2 support set\(s\) but query_img \(3, 3, 32, 32\) holds 3"):
+        model.segment(Q.expand(3, -1, -1, -1), state)
+    with pytest.raises(HmfssError, match="state must be a SupportState .*, got tuple"):
+        model.segment(Q, (S, M))
+    with pytest.raises(HmfssError, match="query_img must be a float tensor"):
+        model.segment(Q.to(torch.uint8), state)
+    with pytest.raises(HmfssError, match="query_img holds NaN"):
+        model.encode_query(Q * float("inf") * 0)
+    with pytest.raises(HmfssError, match=r"output_size must hold one \(h, w\) per query: expected 1, got 2"):
+        model.predict_mask(Q, S, M, output_size=[(8, 8), (9, 9)])
+
+
+@pytest.mark.parametrize("img_size", [-1, 0, 100000, 2.5, "400"])
+def test_build_model_refuses_bad_img_size(img_size):
+    with pytest.raises(HmfssError, match="img_size must be"):
+        build_model("hsnet", "efficientnet-lite0", img_size=img_size)
+
+
+def test_values_are_checked_on_the_cpu_only():
+    """Off the CPU only shapes and dtypes are checked: reading a value back would wait for the device."""
+    nan = torch.full((1, 3, 4, 4), float("nan"), device="meta")
+    assert check_images(nan) is nan
+    assert check_masks(torch.empty(1, 1, 4, 4, device="meta")) is not None
+    with pytest.raises(HmfssError, match="must be a float tensor"):
+        check_images(torch.empty(1, 3, 4, 4, dtype=torch.uint8, device="meta"))
+
+
+def test_checkpoint_loaders_name_their_bad_arguments(model, tmp_path):
+    with pytest.raises(HmfssError, match="model must be a FewShotSegmenter .*, got str"):
+        load_checkpoint(str(tmp_path / "x.pt"), model)
+    with pytest.raises(HmfssError, match="device 'meta' holds no data"):
+        load_model(tmp_path / "x.pt", device="meta")
+    with pytest.raises(HmfssError, match=r"img_size \(--img-size\) must be between 1 and 1024, got -1"):
+        load_model(tmp_path / "x.pt", "hsnet", "resnet50", img_size=-1)

@@ -22,7 +22,9 @@ from torch import Tensor, nn
 
 from hmfss.atomic import atomic_save
 from hmfss.errors import HmfssError
-from hmfss.inputs import check_img_size
+from hmfss.heads import HEADS
+from hmfss.inputs import check_device, check_img_size
+from hmfss.model import FewShotSegmenter, build_model
 from hmfss.weights import legacy_declared_bytes, load_restricted, load_state
 
 FORMAT = "hmfss"
@@ -159,6 +161,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
 
     Returns the checkpoint object (for hmfss checkpoints: config and any extra entries).
     """
+    if not isinstance(model, FewShotSegmenter):
+        raise HmfssError(f"model must be a FewShotSegmenter (from build_model), got {type(model).__name__}")
     obj = read_checkpoint(path)
     apply_checkpoint(model, obj, path)
     return obj
@@ -205,9 +209,8 @@ def load_model(
     (the data the model is used on) supplies the head's data-dependent options (VAT's
     ``benchmark``) where neither the checkpoint nor ``options`` give them.
     """
-    from hmfss.heads import HEADS
-    from hmfss.model import build_model
-
+    check_device(str(device))
+    check_img_size(img_size, "img_size (--img-size)", optional=True)
     obj = read_checkpoint(path)
     _, config = checkpoint_state(obj, path)
     config = dict(config or {})
@@ -221,7 +224,6 @@ def load_model(
             f"checkpoint {path} is not an hmfss checkpoint: give the architecture and backbone "
             f"(--arch, --backbone)"
         )
-    check_img_size(img_size, "img_size (--img-size)", optional=True)
     saved_size = check_img_size(config.get("img_size"), f"checkpoint {path}: its img_size", optional=True)
     saved_options = config.get("options", {})
     if not isinstance(saved_options, dict):

@@ -7,6 +7,10 @@ tensor at most), so the public API and the CLI call them before any work starts.
 Masks: the model takes binary masks as floats or integers holding only 0 and 1. A mask
 holding 0 and 255 (the way mask PNGs store it) is refused with a hint to divide it by 255,
 never used half-converted; the file readers (:mod:`hmfss.data.io`) already return {0, 1}.
+
+Values (finite images; binary, non-empty masks) are checked on CPU tensors only. On an
+accelerator reading a result back to the host would wait for every queued kernel on each
+call, so there only shapes, dtypes and devices are checked.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _on_cpu(t: Tensor) -> bool:
+    """Whether the values of ``t`` are checked (see the module doc; not while torch.compile traces,
+    where reading a value would break the graph)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _tensor(value: Any, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise HmfssError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -41,31 +51,41 @@ def check_images(images: Any, name: str = "images", ndim: int = 4) -> Tensor:
     layout = "(B, 3, H, W)" if ndim == 4 else "(B, K, 3, H, W)"
     if images.dim() != ndim or images.shape[-3] != 3:
         raise HmfssError(f"{name} must have shape {layout}, got {_shape(images)}")
+    if ndim == 5 and images.shape[1] < 1:
+        raise HmfssError(f"{name} must hold at least one shot (K >= 1), got shape {_shape(images)}")
     if min(images.shape) < 1:
         raise HmfssError(f"{name} must not be empty, got shape {_shape(images)}")
     if not images.is_floating_point():
         raise HmfssError(f"{name} must be a float tensor (normalised images), got {images.dtype}")
-    if not bool(torch.isfinite(images).all()):
+    if _on_cpu(images) and not bool(torch.isfinite(images).all()):
         raise HmfssError(f"{name} holds NaN or infinite values")
     return images
 
 
-def check_masks(masks: Any, name: str = "support_masks", allow_empty: bool = False) -> Tensor:
-    """Binary masks (B, K, H, W) with K >= 1, values exactly 0 and 1 (any real dtype).
+def check_masks(masks: Any, name: str = "support_masks", allow_empty: bool = False, ndim: int = 4) -> Tensor:
+    """Binary masks (B, K, H, W) with K >= 1 (``ndim`` 4) or (B, H, W) (``ndim`` 3), values
+    exactly 0 and 1 (any real dtype).
 
     Each mask needs a foreground pixel unless ``allow_empty`` (benchmark episodes whose tiny
     object vanished when resized are still scored, as in the original protocol).
     """
     masks = _tensor(masks, name)
-    if masks.dim() != 4:
-        raise HmfssError(f"{name} must have shape (B, K, H, W), got {_shape(masks)}")
-    if masks.shape[1] < 1:
+    layout = "(B, K, H, W)" if ndim == 4 else "(B, H, W)"
+    if masks.dim() != ndim:
+        raise HmfssError(f"{name} must have shape {layout}, got {_shape(masks)}")
+    if ndim == 4 and masks.shape[1] < 1:
         raise HmfssError(f"{name} must hold at least one shot (K >= 1), got shape {_shape(masks)}")
     if min(masks.shape) < 1:
         raise HmfssError(f"{name} must not be empty, got shape {_shape(masks)}")
     if masks.is_complex():
         raise HmfssError(f"{name} must be real-valued, got {masks.dtype}")
-    values = masks.float()
+    if _on_cpu(masks):
+        _check_binary(masks.float().reshape(masks.shape[0], -1, *masks.shape[-2:]), name, allow_empty, ndim)
+    return masks
+
+
+def _check_binary(values: Tensor, name: str, allow_empty: bool, ndim: int) -> None:
+    """``values`` (B, K, H, W) float are finite, 0 or 1, and (unless ``allow_empty``) hold a 1 in each mask."""
     if not bool(torch.isfinite(values).all()):
         raise HmfssError(f"{name} holds NaN or infinite values")
     binary = (values == 0) | (values == 1)
@@ -75,9 +95,8 @@ def check_masks(masks: Any, name: str = "support_masks", allow_empty: bool = Fal
         raise HmfssError(f"{name} must be binary (only 0 and 1), got values in [{low:g}, {high:g}]{hint}")
     empty = (values.flatten(2).amax(-1) == 0).nonzero()
     if len(empty) and not allow_empty:
-        b, k = (int(i) for i in empty[0])
-        raise HmfssError(f"{name}[{b}, {k}] is empty (no foreground pixel); every support mask needs one")
-    return masks
+        index = ", ".join(str(int(i)) for i in empty[0][:ndim - 2])
+        raise HmfssError(f"{name}[{index}] is empty (no foreground pixel); every support mask needs one")
 
 
 def check_support_set(images: Any, masks: Any, query: Tensor | None = None, allow_empty: bool = False) -> None:
@@ -85,15 +104,45 @@ def check_support_set(images: Any, masks: Any, query: Tensor | None = None, allo
     (see :func:`check_masks` for ``allow_empty``)."""
     images = check_images(images, "support_imgs", ndim=5)
     masks = check_masks(masks, "support_masks", allow_empty)
-    if tuple(images.shape[:2]) != tuple(masks.shape[:2]) or images.shape[-2:] != masks.shape[-2:]:
-        raise HmfssError(f"support_masks {_shape(masks)} do not match support_imgs {_shape(images)}: "
-                         f"expected ({images.shape[0]}, {images.shape[1]}, {images.shape[3]}, {images.shape[4]})")
+    _check_match(images, masks, query, "support_imgs", "support_masks")
+
+
+def check_one_shot(query: Any, image: Any, mask: Any, allow_empty: bool = True) -> None:
+    """The 1-shot episode of the model's forward: query and support (B, 3, H, W), mask (B, H, W)
+    (empty masks allowed by default: training episodes may hold one)."""
+    query = check_images(query, "query_img")
+    image = check_images(image, "support_img")
+    mask = check_masks(mask, "support_mask", allow_empty, ndim=3)
+    _check_match(image, mask, query, "support_img", "support_mask")
+
+
+def _check_match(images: Tensor, masks: Tensor, query: Tensor | None, image_name: str, mask_name: str) -> None:
+    """Masks have the images' shape without the colour axis; the query their batch and size."""
+    expected = (*images.shape[:-3], *images.shape[-2:])
+    if tuple(masks.shape) != expected:
+        raise HmfssError(f"{mask_name} {_shape(masks)} do not match {image_name} {_shape(images)}: "
+                         f"expected ({', '.join(str(s) for s in expected)})")
     if query is not None:
         if query.shape[0] != images.shape[0]:
-            raise HmfssError(f"support_imgs {_shape(images)} hold {images.shape[0]} episode(s) but "
+            raise HmfssError(f"{image_name} {_shape(images)} hold {images.shape[0]} episode(s) but "
                              f"query_img {_shape(query)} holds {query.shape[0]}")
         if query.shape[-2:] != images.shape[-2:]:
-            raise HmfssError(f"support_imgs {_shape(images)} and query_img {_shape(query)} differ in size")
+            raise HmfssError(f"{image_name} {_shape(images)} and query_img {_shape(query)} differ in size")
+
+
+def check_query_batch(state_batch: int, query: Tensor) -> None:
+    """A support set encoded for ``state_batch`` episodes serves a query batch of 1 or that size."""
+    if state_batch not in (1, query.shape[0]):
+        raise HmfssError(f"state holds {state_batch} support set(s) but query_img {_shape(query)} holds "
+                         f"{query.shape[0]} image(s): encode 1 support set or one per query")
+
+
+def check_device_of(tensors: dict[str, Tensor], device: torch.device) -> None:
+    """Every tensor (by argument name) lives on the model's ``device``."""
+    for name, tensor in tensors.items():
+        if tensor.device != device:
+            raise HmfssError(f"{name} is on {tensor.device} but the model is on {device}: "
+                             f"move it with .to({str(device)!r})")
 
 
 def check_img_size(value: Any, name: str = "img_size", optional: bool = False) -> int | None:

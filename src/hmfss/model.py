@@ -19,6 +19,8 @@ from hmfss.correlation import hypercorrelation
 from hmfss.errors import HmfssError
 from hmfss.fast.path import FastPath
 from hmfss.heads import HEADS, Head
+from hmfss.inputs import (check_device_of, check_images, check_img_size, check_one_shot, check_query_batch,
+                          check_support_set)
 from hmfss.masking import check_strategy, input_mask, needs_input_masking
 
 
@@ -187,14 +189,32 @@ class FewShotSegmenter(nn.Module):
         query_feats = self.head.query_features(maps["query"]) if query is not None else None
         return query_feats, masked
 
-    def encode_support(self, support_imgs: Tensor, support_masks: Tensor) -> SupportState:
-        """(B, K, 3, H, W), (B, K, H, W) -> reusable :class:`SupportState`."""
+    def _check_device(self, **tensors: Tensor) -> None:
+        """The tensors (by argument name) live where the model's parameters do."""
+        param = next(self.parameters(), None)
+        if param is not None:
+            check_device_of(tensors, param.device)
+
+    def encode_support(self, support_imgs: Tensor, support_masks: Tensor,
+                       allow_empty_support: bool = False) -> SupportState:
+        """(B, K, 3, H, W), (B, K, H, W) -> reusable :class:`SupportState`.
+
+        Inputs are checked (:mod:`hmfss.inputs`): float finite images, masks of 0 and 1 only
+        (0/255 masks are refused: divide by 255), each mask non-empty unless ``allow_empty_support``.
+        """
+        check_support_set(support_imgs, support_masks, allow_empty=allow_empty_support)
+        self._check_device(support_imgs=support_imgs, support_masks=support_masks)
         b, k = support_masks.shape[:2]
         _, masked = self._extract(None, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float())
         return SupportState([f.unflatten(0, (b, k)) for f in masked], support_masks.float())
 
     def encode_query(self, query_img: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) -> prepared query maps."""
+        """(B, 3, H, W) float finite -> prepared query maps."""
+        check_images(query_img, "query_img")
+        self._check_device(query_img=query_img)
+        return self._query_maps(query_img)
+
+    def _query_maps(self, query_img: Tensor) -> list[Tensor]:
         maps = self.execution_path().features(self.backbone, {"query": query_img}, self.head, self.masking)
         return self.head.query_features(maps["query"])
 
@@ -223,7 +243,13 @@ class FewShotSegmenter(nn.Module):
         return logits.unflatten(0, (b, k))
 
     def forward(self, query_img: Tensor, support_img: Tensor, support_mask: Tensor) -> Tensor:
-        """Original 1-shot forward: (B,3,H,W), (B,3,H,W), (B,H,W) -> logits (B,2,H,W)."""
+        """Original 1-shot forward: (B,3,H,W), (B,3,H,W), (B,H,W) -> logits (B,2,H,W).
+
+        Images float and finite; the mask holds only 0 and 1 (0/255 is refused: divide by 255)
+        and may be empty (training episodes can hold one).
+        """
+        check_one_shot(query_img, support_img, support_mask)
+        self._check_device(query_img=query_img, support_img=support_img, support_mask=support_mask)
         query_feats, masked = self._extract(query_img, support_img, support_mask.float())
         state = SupportState([f.unsqueeze(1) for f in masked], support_mask.float().unsqueeze(1))
         logits = self.lowres_logits(query_feats, state)[:, 0]
@@ -241,9 +267,15 @@ class FewShotSegmenter(nn.Module):
 
         ``output_size`` None: (B, H, W) at the input size; one (h, w): (B, h, w); a list of
         B sizes: a list of (h_i, w_i) masks (logits upsampled straight to each size, like the
-        original ``use_original_imgsize`` mode).
+        original ``use_original_imgsize`` mode). ``state`` holds 1 support set (shared by every
+        query) or B.
         """
-        return self._masks_from_logits(self.lowres_logits(self.encode_query(query_img), state), query_img, output_size)
+        check_images(query_img, "query_img")
+        if not isinstance(state, SupportState):
+            raise HmfssError(f"state must be a SupportState (from encode_support), got {type(state).__name__}")
+        check_query_batch(state.masks.shape[0], query_img)
+        self._check_device(query_img=query_img, state=state.masks)
+        return self._masks_from_logits(self.lowres_logits(self._query_maps(query_img), state), query_img, output_size)
 
     def predict_mask(
         self,
@@ -251,12 +283,18 @@ class FewShotSegmenter(nn.Module):
         support_imgs: Tensor,
         support_masks: Tensor,
         output_size: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        allow_empty_support: bool = False,
     ) -> Tensor | list[Tensor]:
         """K-shot prediction: (B,3,H,W), (B,K,3,H,W), (B,K,H,W) -> (B,H,W) in {0,1}.
 
         One backbone pass for query, supports and input-masked supports; query features are
-        computed once whatever K. See :meth:`segment` for ``output_size``.
+        computed once whatever K. See :meth:`segment` for ``output_size``. Inputs are checked as
+        in :meth:`encode_support`; benchmark episodes (whose object may vanish when resized)
+        pass ``allow_empty_support=True``.
         """
+        check_images(query_img, "query_img")
+        check_support_set(support_imgs, support_masks, query=query_img, allow_empty=allow_empty_support)
+        self._check_device(query_img=query_img, support_imgs=support_imgs, support_masks=support_masks)
         b, k = support_masks.shape[:2]
         query_feats, masked = self._extract(query_img, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float())
         state = SupportState([f.unflatten(0, (b, k)) for f in masked], support_masks.float())
@@ -268,7 +306,7 @@ class FewShotSegmenter(nn.Module):
             output_size = tuple(query_img.shape[-2:])
         if len(output_size) and isinstance(output_size[0], (tuple, list, torch.Size)):
             if len(output_size) != b:
-                raise ValueError(f"expected {b} output sizes, got {len(output_size)}")
+                raise HmfssError(f"output_size must hold one (h, w) per query: expected {b}, got {len(output_size)}")
             return [
                 vote(foreground(_upsample(logits[i], size)).unsqueeze(0))[0]
                 for i, size in enumerate(output_size)
@@ -295,6 +333,7 @@ def build_model(
     if arch not in HEADS:
         raise HmfssError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(HEADS))}")
     check_strategy(masking)
+    check_img_size(img_size, optional=True)
     head_cls = HEADS[arch]
     options = {**head_cls.benchmark_options(None), **options}  # recorded: checkpoints name their variant
     net = build_backbone(backbone, backbone_weights, extra_shallow=head_cls.extra_shallow)

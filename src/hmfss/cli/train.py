@@ -14,6 +14,7 @@ import argparse
 
 import yaml
 
+from hmfss.cli.predict import add_max_pixels_argument
 from hmfss.errors import HmfssError
 
 S = argparse.SUPPRESS
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON settings (flags override them)")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN from RUN/last.pt")
+    add_max_pixels_argument(p)
     for add_group in (_data_arguments, _model_arguments, _optimisation_arguments, _validation_arguments,
                       _run_arguments):
         add_group(p)
@@ -133,11 +135,13 @@ def overrides_from_args(args: argparse.Namespace, names: set[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     # imported here, not at the top: `hmfss --help` imports every command and should not wait for torch
+    from hmfss.data.io import set_max_pixels
     from hmfss.training.config import config_fields, resolve, resolve_settings
     from hmfss.training.distributed import launch_rank
     from hmfss.training.loop import TrainingStopped, train
     from hmfss.training.rundir import resume_config
 
+    set_max_pixels(args.max_pixels)
     overrides = overrides_from_args(args, set(config_fields()))
     if args.resume:
         if args.config:

@@ -54,7 +54,7 @@ def _row(item: dict[str, Any], models: dict[str, torch.nn.Module]) -> list:
     for masking, model in models.items():
         with torch.no_grad():
             pred = model.predict_mask(item["query_img"][None], item["support_imgs"][None],
-                                      item["support_masks"][None])[0]
+                                      item["support_masks"][None], allow_empty_support=True)[0]
         inter, union = area_stats(pred, gt)
         iou = 100 * inter[1] / max(union[1], 1)
         row.append((outline(query, pred.numpy() > 0.5, RED), f"{masking.upper()} IoU {iou:.0f}"))

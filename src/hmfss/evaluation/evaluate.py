@@ -109,10 +109,10 @@ def _evaluate_batch(model, batch: dict, meter: SegmentationMeter, device: torch.
     query, supports, masks = _batch_tensors(batch, device)
     if original_size:
         sizes = [tuple(int(v) for v in s) for s in batch["org_query_size"]]
-        preds = model.predict_mask(query, supports, masks, output_size=sizes)
+        preds = model.predict_mask(query, supports, masks, output_size=sizes, allow_empty_support=True)
         gts, ignores = batch["query_mask_full"], batch["query_ignore_full"]
     else:
-        preds = model.predict_mask(query, supports, masks)
+        preds = model.predict_mask(query, supports, masks, allow_empty_support=True)
         gts, ignores = batch["query_mask"], batch["query_ignore"]
     for i in range(batch["size"]):
         pred = preds[i].detach().cpu()

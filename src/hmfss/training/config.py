@@ -23,6 +23,7 @@ from hmfss.data.augment import augmentation_from_config, augmentation_to_config
 from hmfss.errors import HmfssError
 from hmfss.heads import HEADS
 from hmfss.heads.recipe import PhotometricAugmentation
+from hmfss.inputs import check_device, check_img_size
 
 VAL_SPLITS = ("val", "test", "heldout")
 OPTIMIZERS = ("adam", "adamw")
@@ -201,6 +202,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise HmfssError(f"{name} must be at least 1, got {value}")
+    check_img_size(cfg.img_size, optional=True)
+    check_device(cfg.device)
     for name in ("lr", "decoder_lr"):
         value = getattr(cfg, name)
         if value is not None and value <= 0:

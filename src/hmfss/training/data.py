@@ -40,7 +40,10 @@ def setup_data(cfg: TrainConfig) -> DataSetup:
         protocol = cfg.val_protocol or default_protocol(cfg.benchmark)
     val_episodes = make_episodes(val, 1, cfg.val_episodes, cfg.val_seed, protocol)
     description += f"; {len(val_episodes)} 1-shot episodes, protocol {protocol}, seed {cfg.val_seed}"
-    return DataSetup(train, val, _reader(cfg, train, val), val_episodes, description)
+    reader = _reader(cfg, train, val)
+    if cfg.img_size:
+        reader.draft = (cfg.img_size, cfg.img_size)  # huge JPEGs decoded at a reduced scale; masks stay full size
+    return DataSetup(train, val, reader, val_episodes, description)
 
 
 def _load_split(cfg: TrainConfig, split: str) -> SplitInfo:
