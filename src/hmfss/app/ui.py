@@ -7,7 +7,6 @@ becomes a message in the page (``gr.Error``), and the app keeps running.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -37,6 +36,54 @@ def _shown(fn: Callable) -> Callable:
 
 def _pick(value: str | None) -> str | None:
     return None if not value or value.startswith("(") else value
+
+
+def _model_section(start: str):
+    """Checkpoint path or upload, the original checkpoints' arch/backbone/benchmark, load button."""
+    with gr.Accordion("1. Model", open=True):
+        with gr.Row():
+            path = gr.Textbox(start, label="checkpoint path on this machine", elem_id="ckpt_path", scale=3)
+            upload = gr.File(label="or upload a checkpoint", file_types=[".pt", ".pth", ".ckpt", ".tar"],
+                             elem_id="ckpt_upload", scale=2)
+        with gr.Row():
+            arch = gr.Dropdown(ARCHS, value=ARCHS[0], label="arch (original checkpoints)")
+            backbone = gr.Dropdown(BACKBONES, value=BACKBONES[0], label="backbone (original checkpoints)")
+            benchmark = gr.Dropdown(BENCHMARKS, value=BENCHMARKS[0], label="benchmark (original VAT)")
+        load_btn = gr.Button("Load model", elem_id="load_model")
+        info = gr.Markdown("" if start else NO_MODEL, elem_id="model_info")
+    return path, upload, arch, backbone, benchmark, load_btn, info
+
+
+def _support_section():
+    """Class name, support image and mask uploads, the mask editor, add / clear buttons."""
+    with gr.Accordion("2. Support set", open=True):
+        with gr.Row(equal_height=True):
+            name = gr.Textbox(label="class name", elem_id="class_name", scale=2)
+            image = gr.UploadButton("Upload a support image", file_types=["image"], elem_id="support_image")
+            mask = gr.UploadButton("Upload its mask (optional: or draw below)", file_types=["image"],
+                                   elem_id="support_mask")
+        pending_info = gr.Markdown(pending_text(Pending()), elem_id="pending_info")
+        editor = gr.ImageEditor(label="draw the object (brush; eraser to fix)", type="numpy",
+                                sources=(), transforms=(), elem_id="support_editor",
+                                brush=gr.Brush(colors=["#ff2020"], color_mode="fixed", default_size="auto"),
+                                eraser=gr.Eraser(), height=420)
+        with gr.Row():
+            add_btn = gr.Button("Add example", elem_id="add_example")
+            clear_btn = gr.Button("Clear support set", elem_id="clear_support")
+        support_info = gr.Markdown(summary([]), elem_id="support_info")
+    return name, image, mask, pending_info, editor, add_btn, clear_btn, support_info
+
+
+def _query_section():
+    """Query uploads or a folder, and the Segment button."""
+    with gr.Accordion("3. Queries", open=True):
+        with gr.Row():
+            queries = gr.File(label="query images", file_count="multiple", file_types=["image"],
+                              elem_id="queries", scale=3)
+            folder = gr.Textbox(label="or a folder on this machine", elem_id="query_folder", scale=2)
+        query_info = gr.Markdown(queries_text(None), elem_id="query_info")
+        run_btn = gr.Button("Segment", variant="primary", elem_id="segment")
+    return queries, folder, query_info, run_btn
 
 
 def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
@@ -80,39 +127,9 @@ def build_app(device: str, checkpoint: str | None = None) -> gr.Blocks:
         gr.Markdown("# hmfss: segment your photos from a few annotated examples\n"
                     "1. load a model; 2. for each class give 1-5 images and draw (or upload) the object's mask; "
                     "3. add query images and press **Segment**.")
-        with gr.Accordion("1. Model", open=True):
-            with gr.Row():
-                path = gr.Textbox(start, label="checkpoint path on this machine", elem_id="ckpt_path", scale=3)
-                upload = gr.File(label="or upload a checkpoint", file_types=[".pt", ".pth", ".ckpt", ".tar"],
-                                 elem_id="ckpt_upload", scale=2)
-            with gr.Row():
-                arch = gr.Dropdown(ARCHS, value=ARCHS[0], label="arch (original checkpoints)")
-                backbone = gr.Dropdown(BACKBONES, value=BACKBONES[0], label="backbone (original checkpoints)")
-                benchmark = gr.Dropdown(BENCHMARKS, value=BENCHMARKS[0], label="benchmark (original VAT)")
-            load_btn = gr.Button("Load model", elem_id="load_model")
-            info = gr.Markdown("" if start else NO_MODEL, elem_id="model_info")
-        with gr.Accordion("2. Support set", open=True):
-            with gr.Row(equal_height=True):
-                name = gr.Textbox(label="class name", elem_id="class_name", scale=2)
-                image = gr.UploadButton("Upload a support image", file_types=["image"], elem_id="support_image")
-                mask = gr.UploadButton("Upload its mask (optional: or draw below)", file_types=["image"],
-                                       elem_id="support_mask")
-            pending_info = gr.Markdown(pending_text(Pending()), elem_id="pending_info")
-            editor = gr.ImageEditor(label="draw the object (brush; eraser to fix)", type="numpy",
-                                    sources=(), transforms=(), elem_id="support_editor",
-                                    brush=gr.Brush(colors=["#ff2020"], color_mode="fixed", default_size="auto"),
-                                    eraser=gr.Eraser(), height=420)
-            with gr.Row():
-                add_btn = gr.Button("Add example", elem_id="add_example")
-                clear_btn = gr.Button("Clear support set", elem_id="clear_support")
-            support_info = gr.Markdown(summary([]), elem_id="support_info")
-        with gr.Accordion("3. Queries", open=True):
-            with gr.Row():
-                queries = gr.File(label="query images", file_count="multiple", file_types=["image"],
-                                  elem_id="queries", scale=3)
-                folder = gr.Textbox(label="or a folder on this machine", elem_id="query_folder", scale=2)
-            query_info = gr.Markdown(queries_text(None), elem_id="query_info")
-            run_btn = gr.Button("Segment", variant="primary", elem_id="segment")
+        path, upload, arch, backbone, benchmark, load_btn, info = _model_section(start)
+        name, image, mask, pending_info, editor, add_btn, clear_btn, support_info = _support_section()
+        queries, folder, query_info, run_btn = _query_section()
         gallery = gr.Gallery(label="results", columns=3, elem_id="gallery", height="auto")
         table = gr.Markdown(elem_id="table")
         download = gr.DownloadButton("Download all results (zip)", elem_id="download")
