@@ -105,3 +105,17 @@ def test_the_graph_is_read():
     assert {"hmfss.model", "hmfss.weights"} <= GRAPH["hmfss.checkpoint"]
     assert "hmfss.backbones.base" in GRAPH["hmfss.backbones"]
     assert layer_of("hmfss.cli.main") > layer_of("hmfss.training.loop") > layer_of("hmfss.model")
+
+
+def test_files_and_functions_stay_small():
+    """One concept per file: at most 400 lines a source file, 80 a function
+    (docs/architecture.md, "Size rules")."""
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        source = path.read_text()
+        if source.count("\n") > 400:
+            too_long.append(f"{path.name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
