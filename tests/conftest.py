@@ -40,3 +40,13 @@ def trained_head(tmp_path_factory):
         return runs[arch]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def default_pixel_limit():
+    """The CLI's --max-pixels sets a process-wide limit: every test starts and ends with the default."""
+    from hmfss.data import io
+
+    io.set_max_pixels(io.DEFAULT_MAX_PIXELS)
+    yield
+    io.set_max_pixels(io.DEFAULT_MAX_PIXELS)
