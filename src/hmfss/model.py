@@ -92,7 +92,7 @@ def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
 @runtime_checkable
 class ExecutionPath(Protocol):
     """How the model runs its steps. :class:`ReferencePath` is the plain one;
-    :class:`hmfss.fast.path.FastPath` gives the same results faster on the CPU."""
+    :class:`hmfss.fast.path.FastPath` (the default) gives the same results faster."""
 
     def features(self, backbone: Backbone, images: dict[str, Tensor], head: Head, masking: str) -> dict[str, list[Tensor]]:
         """Backbone maps of each named image batch (B_i, 3, H, W): "feats" (supports),
