@@ -7,6 +7,8 @@ episode costs ~10-20 s on a CPU: each head is trained once per test session (1 e
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,7 +48,10 @@ def train_head(arch: str, root: Path) -> SimpleNamespace:
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        rc = main(train_args(arch, data, run, *EXTRA[arch]))
+        # the run's console lines would land in whichever test first asks for the run (which
+        # one depends on how tests are spread over processes): keep them out; log.txt has them
+        with contextlib.redirect_stderr(io.StringIO()):
+            rc = main(train_args(arch, data, run, *EXTRA[arch]))
     finally:
         torch.set_num_threads(before)
     return SimpleNamespace(rc=rc, run=run, data=data, arch=arch)
