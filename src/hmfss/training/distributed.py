@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from hmfss.errors import HmfssError
+from hmfss.inputs import check_device
 
 T = TypeVar("T")
 
@@ -59,15 +60,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> this process's GPU (cuda:LOCAL_RANK) when CUDA is available, else CPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise HmfssError(f"unknown device {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HmfssError(f"device {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
+    device = torch.device(check_device(name))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
     return device
 
 
