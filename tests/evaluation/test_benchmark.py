@@ -22,7 +22,7 @@ def test_benchmark_reports_every_figure_and_fast_path_equals_naive():
 
 def test_flop_count_scales_with_shots_like_the_pipeline():
     """K shots cost one query pass plus K support passes (+K input-masked passes for HM)."""
-    from hmfss.evaluation.benchmark import count_flops
+    from hmfss.evaluation.timing import count_flops
 
     model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
     per_k = []
@@ -95,3 +95,18 @@ def test_cli_writes_json(tmp_path, capsys):
     assert data["config"]["exact_selection"] is False and "fast_selection_mask_agreement" in data
     assert "s / episode (median)" in capsys.readouterr().out
     assert main(["benchmark", "--nshot", "0"]) == 2
+
+
+def test_matmul_peak_stays_within_its_time_budget_even_for_emulated_bf16():
+    """bf16 on a CPU without native bf16 runs at ~2 GFLOP/s: a fixed 2048^2 product took
+    minutes there; the bounded measurement stops growing n when the next size would not fit."""
+    import time
+
+    from hmfss.evaluation.timing import matmul_peak
+
+    for dtype in (torch.float32, torch.bfloat16):
+        start = time.perf_counter()
+        rate = matmul_peak(torch.device("cpu"), dtype, budget_s=0.3)
+        # at most the budget plus one product predicted to fit in it, plus allocation
+        assert time.perf_counter() - start < 3.0
+        assert rate > 0

@@ -356,3 +356,9 @@ def test_train_accepts_resolved_settings_and_resolves_nothing_again(bench, tmp_p
     result = train(settings, console=False)
     assert result.epochs == 1
     assert "augmentation photometric, each op with p 0.5" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_amp_on_a_cpu_that_emulates_bf16_is_logged_as_slower(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr("hmfss.training.loop.bf16_warning", lambda device: "bf16 is emulated on this CPU: slower")
+    train(tiny_config(bench, tmp_path / "run", epochs=1, episodes_per_epoch=2, amp=True), console=False)
+    assert "bf16 is emulated on this CPU: slower" in (tmp_path / "run" / "log.txt").read_text()

@@ -1,4 +1,5 @@
-"""``hmfss benchmark``: seconds per episode, throughput, memory and FLOPs on random inputs."""
+"""``hmfss benchmark``: seconds per episode (or per training step with ``--train``), throughput,
+memory and FLOPs on random inputs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "benchmark",
         help="measure speed, memory and FLOPs (random weights, no checkpoint needed)",
         description="Measure seconds per episode, episodes/s, queries/s with a fixed support set, "
-        "peak memory, parameters and FLOPs of a model on random inputs.",
+        "peak memory, parameters and FLOPs of a model on random inputs; with --train, the same for "
+        "the training step (forward, loss, backward, optimiser step).",
     )
+    p.add_argument("--train", action="store_true",
+                   help="time the training step on a batch of random 1-shot episodes instead of inference")
     p.add_argument("--arch", default="hsnet")
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--masking", default="hm")
@@ -21,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=400)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (reports mask agreement with fp32)")
-    p.add_argument("--batch", type=int, default=1, help="episodes (and stream queries) per forward")
-    p.add_argument("--compile", action="store_true", help="torch.compile the head")
+    p.add_argument("--batch", type=int, default=None,
+                   help="episodes (and stream queries) per forward (default 1; with --train 4)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the head (with --train: the model)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (default 5)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stream-queries", type=int, default=8, help="queries in the fixed-support stream")
@@ -35,15 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    import sys
 
     import torch
 
-    from hmfss.evaluation.benchmark import BenchmarkConfig, format_table, run_benchmark
+    from hmfss.capability import bf16_warning
     from hmfss.errors import HmfssError
     from hmfss.inputs import check_device, check_img_size, check_min, check_output_file
     from hmfss.training.distributed import resolve_device
 
+    if args.batch is None:
+        args.batch = 4 if args.train else 1
     for name in ("nshot", "batch", "repeats", "stream_queries"):
         if getattr(args, name) < 1:
             raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -52,25 +59,56 @@ def run(args: argparse.Namespace) -> int:
     check_img_size(args.img_size, "--img-size")
     check_device(args.device)
     check_output_file(args.json, "--json")
+    if args.train and args.nshot != 1:
+        raise HmfssError(f"--train times 1-shot training episodes; --nshot must be 1, got {args.nshot}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    options = {"benchmark": args.benchmark_name} if args.benchmark_name else {}
+    if args.amp and bf16_warning(device):
+        print(f"note: {bf16_warning(device)}", file=sys.stderr, flush=True)
+    result, table = (_train_benchmark if args.train else _inference_benchmark)(args, device)
+    print(table)
+    if args.json:
+        _write_json(args.json, result)
+    return 0
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"benchmark": args.benchmark_name} if args.benchmark_name else {}
+
+
+def _inference_benchmark(args: argparse.Namespace, device) -> tuple[dict, str]:
+    from hmfss.evaluation.benchmark import BenchmarkConfig, format_table, run_benchmark
+
     cfg = BenchmarkConfig(
         arch=args.arch, backbone=args.backbone, masking=args.masking, nshot=args.nshot,
         img_size=args.img_size, device=str(device), amp=args.amp, batch=args.batch,
         compile=args.compile, repeats=args.repeats, warmup=args.warmup,
         stream_queries=args.stream_queries, naive=not args.no_naive,
-        exact_selection=not args.fast_selection, options=options,
+        exact_selection=not args.fast_selection, options=_options(args),
     )
     result = run_benchmark(cfg)
-    print(format_table(result))
-    if args.json:
-        from pathlib import Path
+    return result, format_table(result)
 
-        from hmfss.atomic import atomic_write_text, remove_stale_temps
 
-        remove_stale_temps(Path(args.json).parent)
-        atomic_write_text(Path(args.json), json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+def _train_benchmark(args: argparse.Namespace, device) -> tuple[dict, str]:
+    from hmfss.training.benchmark import TrainBenchmarkConfig, format_train_table, run_train_benchmark
+
+    cfg = TrainBenchmarkConfig(
+        arch=args.arch, backbone=args.backbone, masking=args.masking, img_size=args.img_size,
+        batch=args.batch, device=str(device), amp=args.amp, compile=args.compile, repeats=args.repeats,
+        warmup=args.warmup, options=_options(args),
+    )
+    result = run_train_benchmark(cfg)
+    return result, format_train_table(result)
+
+
+def _write_json(path: str, result: dict) -> None:
+    import json
+    from pathlib import Path
+
+    from hmfss.atomic import atomic_write_text, remove_stale_temps
+
+    remove_stale_temps(Path(path).parent)
+    atomic_write_text(Path(path), json.dumps(result, indent=2))
+    print(f"wrote {path}")

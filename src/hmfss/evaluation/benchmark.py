@@ -10,15 +10,14 @@ rate against the machine's measured matmul rate.
 from __future__ import annotations
 
 import contextlib
-import resource
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from hmfss.fast.folding import PACKED_CONVS
+from hmfss.capability import bf16_is_native
+from hmfss.evaluation.timing import (count_flops, device_name, matmul_peak, peak_memory, repeat_timings,
+                                     reset_peak_memory, summarise, synchronizer)
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters, vote
 
 
@@ -40,62 +39,6 @@ class BenchmarkConfig:
     exact_selection: bool = True  # see hmfss.fast.path.FastPath; False: HM's support pass channels-last too
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def _timings(fn: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None]) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
-    }
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """Measured GFLOP/s of a large square matmul on ``device`` (the achievable peak)."""
-    n = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times = _timings(lambda: a @ b, repeats=5, warmup=2, sync=sync)
-    return 2 * n**3 / min(times) / 1e9
-
-
-def _count_packed_convs() -> None:
-    """Give torch's FLOP counter the conv formula for oneDNN's packed conv op (used by the CPU
-    folded backbone, see fast.folding.PackedConv2d), which it does not know."""
-    from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
-
-    if not PACKED_CONVS or torch.ops.mkldnn._convolution_pointwise in flop_registry:
-        return
-    op = torch.ops.mkldnn._convolution_pointwise
-
-    @register_flop_formula(op)
-    def _packed_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-        return conv_flop_count(x_shape, w_shape, out_shape)
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call (torch.utils.flop_counter: 2 per multiply-add; conv/matmul)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    _count_packed_convs()
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def naive_predict(model: FewShotSegmenter, query, supports, masks):
@@ -123,14 +66,12 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
     model = model.to(device).eval()
     model.exact_selection = cfg.exact_selection
     query, supports, masks = random_episode(cfg, device)
-    cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    sync = synchronizer(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
     predict = model.predict_mask
     if cfg.compile:
         model.head = torch.compile(model.head)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     def episode():
         with torch.inference_mode(), amp:
@@ -149,23 +90,24 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
             for i in range(0, cfg.stream_queries, cfg.batch):
                 model.segment(stream_batch[i:i + cfg.batch], state)
 
-    result: dict[str, Any] = {"config": asdict(cfg), "device_name": _device_name(device)}
+    result: dict[str, Any] = {"config": asdict(cfg), "device_name": device_name(device)}
     result["threads"] = torch.get_num_threads()
+    result["bf16_native"] = bf16_is_native(device)
     result["learnable_parameters"] = learnable_parameters(model)
     with torch.inference_mode():
         flops = count_flops(lambda: predict(query, supports, masks))
     result["gflops_per_episode"] = flops / cfg.batch / 1e9
-    ep = _summary(_timings(episode, cfg.repeats, cfg.warmup, sync))
+    ep = summarise(repeat_timings(episode, cfg.repeats, cfg.warmup, sync))
     ep = {k: v / cfg.batch for k, v in ep.items()}  # per episode
     result["episode"] = ep
     result["episodes_per_s"] = 1.0 / ep["median_s"]
     result["achieved_gflops_per_s"] = result["gflops_per_episode"] / ep["median_s"]
     if cfg.naive:
-        nv = {k: v / cfg.batch for k, v in _summary(_timings(naive, cfg.repeats, cfg.warmup, sync)).items()}
+        nv = {k: v / cfg.batch for k, v in summarise(repeat_timings(naive, cfg.repeats, cfg.warmup, sync)).items()}
         result["naive_episode"] = nv
         with torch.inference_mode():
             result["naive_masks_equal"] = bool(torch.equal(episode(), naive()))
-    st = _summary(_timings(stream, max(2, cfg.repeats // 2), 1, sync))
+    st = summarise(repeat_timings(stream, max(2, cfg.repeats // 2), 1, sync))
     result["stream"] = {"queries": cfg.stream_queries, **st}
     result["stream_queries_per_s"] = cfg.stream_queries / st["median_s"]
     if cfg.amp or not cfg.exact_selection:  # against fp32 with exact selection
@@ -175,23 +117,10 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
         model.exact_selection = cfg.exact_selection
         agreement = float((episode() == reference).float().mean())
         result["amp_mask_agreement" if cfg.amp else "fast_selection_mask_agreement"] = agreement
-    result["peak_memory_mb"] = (
-        torch.cuda.max_memory_allocated(device) / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    result["peak_memory_kind"] = "max allocated (GPU)" if cuda else "peak RSS of the process"
+    result.update(peak_memory(device))
     result["matmul_peak_gflops_per_s"] = matmul_peak(device, torch.bfloat16 if cfg.amp else torch.float32)
     result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] / result["matmul_peak_gflops_per_s"]
     return result
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -216,6 +145,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     if "amp_mask_agreement" in result:
         rows.append(("bf16 vs fp32 mask agreement", f"{100 * result['amp_mask_agreement']:.2f}% of pixels"))
+    if cfg["amp"] and not result["bf16_native"]:
+        rows.append(("bf16", "EMULATED on this CPU (no native bf16 instructions): --amp is slower than fp32 here"))
     if "fast_selection_mask_agreement" in result:
         rows.append(("fast vs exact selection, masks", f"{100 * result['fast_selection_mask_agreement']:.2f}% of pixels"))
     width = max(len(k) for k, _ in rows)

@@ -44,23 +44,80 @@ def _balanced_split(count: int) -> tuple[int, int]:
     return count, 1
 
 
+def _two_stage_sum(v: Tensor) -> Tensor:
+    """(N, outer, inner, C) -> (N, C): summed over inner, then outer (accurate float32 sums)."""
+    return v.sum(2).sum(1)
+
+
+def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Mean and 1/std per (sample, group) of (N, outer, inner, C), each (N, G, 1), in two
+    passes (mean, then centred squares) without a temporary of squares."""
+    n, _, _, c = x.shape
+    count = x[0].numel() // groups
+    mean = _two_stage_sum(x).view(n, groups, c // groups).sum(-1, keepdim=True) / count
+    centred = x - mean.expand(n, groups, c // groups).reshape(n, 1, 1, c)
+    squares = torch.linalg.vector_norm(centred, dim=2).square()
+    var = squares.sum(1).view(n, groups, c // groups).sum(-1, keepdim=True) / count
+    return mean, torch.rsqrt(var + eps)
+
+
+def _per_channel(stat: Tensor, n: int, c: int) -> Tensor:
+    """(N, G, 1) -> (N, 1, 1, C), each group's value repeated over its channels."""
+    groups = stat.shape[1]
+    return stat.expand(n, groups, c // groups).reshape(n, 1, 1, c)
+
+
+class _GroupNormCL(torch.autograd.Function):
+    """GroupNorm of (N, outer, inner, C) with an analytic backward: the input is saved (not
+    the temporaries of a composite), gradients come from two per-channel sums and one
+    element-wise pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
+        n, c = x.shape[0], x.shape[-1]
+        mean, rstd = _group_stats(x, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
+        return (x - _per_channel(mean, n, c)).mul_(scale).add_(bias.view(1, 1, 1, c))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, g = x.shape[0], x.shape[-1], ctx.groups
+        count = x[0].numel() // g
+        xhat = (x - _per_channel(mean, n, c)).mul_(_per_channel(rstd, n, c))
+        grad = grad.contiguous()
+        sum_dy = _two_stage_sum(grad)  # (N, C)
+        sum_dy_xhat = _two_stage_sum(grad * xhat)
+        w = weight.view(1, c)
+        a = (sum_dy * w).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
+        b = (sum_dy_xhat * w).view(n, g, c // g).sum(-1, keepdim=True) / count
+        rstd_c = _per_channel(rstd, n, c)
+        dx = grad * (rstd_c * weight.view(1, 1, 1, c))
+        dx -= (xhat.mul_(_per_channel(b, n, c)).add_(_per_channel(a, n, c))).mul_(rstd_c)
+        return dx, sum_dy_xhat.sum(0), sum_dy.sum(0), None, None
+
+
 def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     """``norm`` applied to a channels-last (N, ..., C) tensor (same result as on (N, C, ...)).
 
     Statistics in two passes (mean, then centred squares), each summed in two stages over a
     balanced (outer, inner) split of the positions, so that float32 sums over many positions
-    stay accurate; float32 statistics under autocast. Without autograd the result is written
-    into the centred temporary.
+    stay accurate; float32 statistics under autocast. With autograd (float32/64) an analytic
+    backward (:class:`_GroupNormCL`); without, the result is written into the centred temporary.
     """
     n, c, g = x.shape[0], x.shape[-1], norm.num_groups
     positions = x.numel() // (n * c)
     outer, inner = _balanced_split(positions)
     v = x.reshape(n, outer, inner, c)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
+    if grad and v.dtype in (torch.float32, torch.float64):
+        return _GroupNormCL.apply(v, norm.weight, norm.bias, g, norm.eps).view(x.shape)
     stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
     count = positions * (c // g)
     mean = stats.sum(2).sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
     centred = stats - mean.expand(n, g, c // g).reshape(n, 1, 1, c)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
     if grad:
         squares = centred.square().sum(2)
     else:  # no temporary of squares (a norm's gradient is undefined at 0, hence the branch)

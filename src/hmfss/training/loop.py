@@ -34,6 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from hmfss.capability import bf16_warning
 from hmfss.data.augment import describe_augmentation
 from hmfss.data.dataset import EpisodeDataset, episode_loader
 from hmfss.data.sampling import augmentation_seeds, training_episodes
@@ -57,7 +58,7 @@ from hmfss.training.distributed import (
 )
 from hmfss.training.divergence import Diverged, diverged_message, step_problem
 from hmfss.training.optim import build_optimizer, describe_optimizer
-from hmfss.training.precision import autocast, describe_amp, grad_scaler
+from hmfss.training.precision import autocast, autocast_dtype, describe_amp, grad_scaler
 from hmfss.training.rundir import (
     Board,
     EpochProgress,
@@ -206,6 +207,8 @@ class Trainer:
                  f"1-shot episodes per epoch, batch {cfg.bsz}"
                  + (f" ({self.local_bsz} per process)" if info.enabled else "")
                  + f", {self.steps_per_epoch} steps per epoch, amp {describe_amp(info.device, cfg.amp)}")
+        if cfg.amp and bf16_warning(info.device) and autocast_dtype(info.device) == torch.bfloat16:
+            log.warning(bf16_warning(info.device))
         log.info(f"recipe: optimizer {describe_optimizer(optimizer)}; augmentation "
                  f"{describe_augmentation(self.settings.augmentation)}"
                  + (f"; head options {cfg.model_options}" if cfg.model_options else ""))
