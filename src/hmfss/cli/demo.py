@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _maybe_reexec(args)
+    maybe_reexec(args, "demo")
     # imported here, not at the top: `hmfss --help` imports every command and should not wait for torch
     from hmfss.demo.pipeline import run_demo
 
@@ -58,13 +58,13 @@ def settings_from_args(args: argparse.Namespace):
     return replace(settings, **{k: v for k, v in vars(args).items() if k in names})
 
 
-def _maybe_reexec(args: argparse.Namespace) -> None:
-    """Restart once with OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin while waiting are
-    many times slower on a CPU shared with other work. The variable must be set before the
-    OpenMP runtime starts, i.e. before the process imports torch."""
+def maybe_reexec(args: argparse.Namespace, command: str) -> None:
+    """Restart ``hmfss COMMAND`` once with OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin while
+    waiting are many times slower on a CPU shared with other work. The variable must be set before
+    the OpenMP runtime starts, i.e. before the process imports torch."""
     if os.environ.get("OMP_WAIT_POLICY") or getattr(args, "no_reexec", False):
         return
-    if sys.argv[1:2] != ["demo"]:  # called as a library function (tests): no restart
+    if sys.argv[1:2] != [command]:  # called as a library function (tests): no restart
         return
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     sys.stdout.flush()

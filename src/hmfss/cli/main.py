@@ -14,7 +14,7 @@ import sys
 
 from hmfss.errors import HmfssError
 
-COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "benchmark", "app")
+COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "study", "benchmark", "app")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -17,26 +17,18 @@ import json
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from hmfss.atomic import atomic_write_text
-from hmfss.checkpoint import load_model
-from hmfss.data.dataset import EpisodeDataset, episode_loader
-from hmfss.data.episodes import Episode, make_episodes
-from hmfss.data.readers import make_reader
-from hmfss.data.splits import load_split
-from hmfss.data.synthetic import SyntheticParams, generate
 from hmfss.demo.budget import calibrate, fit_test, plan, training_slowdown
 from hmfss.demo.report import draw_figures, write_report
 from hmfss.demo.settings import MASKINGS, DemoSettings, train_config
+from hmfss.demo.steps import generate_benchmark, heldout_episodes, heldout_results, timed
 from hmfss.errors import HmfssError
-from hmfss.evaluation.evaluate import evaluate
-from hmfss.evaluation.metrics import SegmentationMeter
 from hmfss.training.loop import train
 
 MARKER = "demo.json"  # marks a folder as the demo's own: a later demo may overwrite it
@@ -46,14 +38,6 @@ def say(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-@contextmanager
-def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
-    """Record the seconds the ``with`` block took as ``stages[name]``."""
-    tick = time.perf_counter()
-    yield
-    stages[name] = time.perf_counter() - tick
-
-
 def run_demo(out: Path, s: DemoSettings) -> Path:
     """Run the whole demo into ``out``; returns the path of ``report.md``."""
     start = time.perf_counter()
@@ -61,14 +45,12 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
     _prepare_out(out)
     stages: dict[str, float] = {}
     say(f"1/4 generating the synthetic benchmark ({s.classes} classes x {s.images_per_class} images, {s.size}px)")
-    with _timed(stages, "generate"):
-        meta = generate(out / "data", SyntheticParams(classes=s.classes, images_per_class=s.images_per_class,
-                                                      size=s.size, seed=s.seed, test_ratio=s.test_ratio,
-                                                      val_ratio=s.val_ratio))
+    with timed(stages, "generate"):
+        meta = generate_benchmark(out / "data", s)
     timings: dict[str, float] = {}
     planned = s
     if s.calibrate:
-        with _timed(stages, "calibrate"):
+        with timed(stages, "calibrate"):
             timings = calibrate(out, s)
         planned, predicted = plan(s, timings, time.perf_counter() - start)
         say(f"speed check: {1 / timings['train_fm']:.1f} / {1 / timings['train_hm']:.1f} training episodes/s "
@@ -78,21 +60,21 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
                                "timings_s_per_episode": timings, "benchmark": meta["counts"], "models": {}}
     for index, masking in enumerate(MASKINGS):
         say(f"2/4 training HSNet-{masking.upper()} ({index + 1}/2)")
-        with _timed(stages, f"train_{masking}"):
+        with timed(stages, f"train_{masking}"):
             result = train(train_config(out, planned, masking))
         results["models"][masking] = _trained(out, masking, result, stages[f"train_{masking}"])
     if timings:
         planned = _fit_evaluation(s, planned, timings, stages, time.perf_counter() - start, results)
     say("3/4 evaluating both models on the held-out test classes (1- and 5-shot)")
-    with _timed(stages, "evaluate"):
-        episode_sets = {1: _test_episodes(out / "data", 1, planned.test_episodes),
-                        5: _test_episodes(out / "data", 5, planned.test_episodes_5shot)}
+    with timed(stages, "evaluate"):
+        episode_sets = {1: heldout_episodes(out / "data", 1, planned.test_episodes),
+                        5: heldout_episodes(out / "data", 5, planned.test_episodes_5shot)}
         for masking in MASKINGS:
-            results["models"][masking].update(_test_results(out, results["models"][masking]["checkpoint"],
-                                                            episode_sets, planned.size))
+            checkpoint = out / results["models"][masking]["checkpoint"]
+            results["models"][masking].update(heldout_results(out / "data", checkpoint, episode_sets, planned.size))
     say("4/4 writing the report")
     report = out / "report.md"
-    with _timed(stages, "report"):
+    with timed(stages, "report"):
         results["example_class"] = episode_sets[1][0].query.split("/")[0]
         draw_figures(out, planned, results, episode_sets[1], meta)
         write_report(report, results)
@@ -136,27 +118,3 @@ def _fit_evaluation(s: DemoSettings, planned: DemoSettings, timings: dict[str, f
         f"{fitted.test_episodes_5shot} 5-shot episodes to finish in time")
     results["settings"] = asdict(fitted)
     return fitted
-
-
-def _test_episodes(data: Path, shots: int, count: int) -> list[Episode]:
-    info = load_split("fss", data / "splits", split="test", datapath=data)
-    every = make_episodes(info, shots, max(count, len(info.entries)), seed=0, protocol="seeded")
-    if count >= len(every):
-        return every
-    # fewer episodes than test images: queries spread evenly over the classes (query-order lists)
-    return [every[i * len(every) // count] for i in range(count)]
-
-
-def _test_results(out: Path, checkpoint: str, episode_sets: dict[int, list[Episode]], size: int) -> dict[str, Any]:
-    """``test_1shot`` / ``test_5shot`` entries of one model."""
-    data = out / "data"
-    info = load_split("fss", data / "splits", split="test", datapath=data)
-    model = load_model(out / checkpoint)
-    entries = {}
-    for shots, episodes in episode_sets.items():
-        meter = SegmentationMeter(info.class_ids, info.n_classes, info.class_names)
-        loader = episode_loader(EpisodeDataset(make_reader("fss", data, info), episodes, size), batch_size=8)
-        summary = evaluate(model, loader, meter, progress=sys.stderr.isatty(), total=len(episodes))
-        entries[f"test_{shots}shot"] = {"miou": summary["miou"], "fb_iou": summary["fb_iou"],
-                                        "episodes": summary["evaluated"], "buckets": summary["buckets"]}
-    return entries

@@ -108,14 +108,18 @@ def _legend(draw, names: Sequence[str], colors, left: float, right: float, y: fl
 
 def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float | None]]], path: str | Path,
                title: str, xlabel: str = "", ylabel: str = "", size: tuple[int, int] = (560, 360),
-               y_range: tuple[float, float] | None = None, integer_x: bool = True) -> Path:
-    """Curves ``{name: (xs, ys)}`` (None values are gaps) as a PNG."""
+               y_range: tuple[float, float] | None = None, integer_x: bool = True,
+               bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Path:
+    """Curves ``{name: (xs, ys)}`` (None values are gaps) as a PNG; ``bands`` {name: (lows, highs)}
+    shades a range around the curve of that name (same xs)."""
     width, height = size
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
     font, title_font = _font(12), _font(15)
+    bands = bands or {}
     xs_all = [x for xs, _ in series.values() for x in xs]
     ys_all = [y for _, ys in series.values() for y in ys if y is not None and math.isfinite(y)]
+    ys_all += [y for lows, highs in bands.values() for y in (*lows, *highs) if math.isfinite(y)]
     x_lo, x_hi = (min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0)
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
@@ -140,6 +144,12 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
     if xlabel:
         w, _ = _text_size(draw, xlabel, font)
         draw.text(((left + right) / 2 - w / 2, bottom + 24), xlabel, fill=AXIS, font=font)
+    for i, (name, (xs, _)) in enumerate(series.items()):
+        if name in bands and len(xs) > 1:
+            lows, highs = bands[name]
+            shade = tuple(c + (255 - c) * 3 // 4 for c in PALETTE[i % len(PALETTE)])
+            draw.polygon([(px(x), axes.y(y)) for x, y in zip(xs, highs)]
+                         + [(px(x), axes.y(y)) for x, y in reversed(list(zip(xs, lows)))], fill=shade)
     for i, (name, (xs, ys)) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         points = [(px(x), axes.y(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
@@ -163,13 +173,17 @@ def _legend_rows(draw, names: Sequence[str], span: float, font) -> int:
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], path: str | Path, title: str,
               ylabel: str = "", size: tuple[int, int] = (640, 380), y_max: float | None = None,
-              notes: Sequence[str] | None = None) -> Path:
-    """Grouped bars: one group per label in ``groups``, one bar per series (None = no bar, "n/a")."""
+              notes: Sequence[str] | None = None, errors: dict[str, Sequence[float | None]] | None = None) -> Path:
+    """Grouped bars: one group per label in ``groups``, one bar per series (None = no bar, "n/a");
+    ``errors`` {name: half-lengths} draws an error bar (value +- half-length) on that series' bars."""
     width, height = size
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
     font, title_font = _font(12), _font(15)
+    errors = errors or {}
     values = [v for vs in series.values() for v in vs if v is not None]
+    values += [v + e for name, vs in series.items() for v, e in zip(vs, errors.get(name, ()))
+               if v is not None and e is not None]
     top_value = y_max if y_max is not None else (max(values) if values else 1.0)
     ticks = nice_ticks(0.0, max(top_value, 1e-6))
     box = (64, 44 + 16 * _legend_rows(draw, list(series), width - 84, font), width - 20, height - 70)
@@ -189,6 +203,14 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
                 continue
             y = axes.y(value)
             draw.rectangle([x0 + 1, y, x0 + bar_w - 1, bottom], fill=PALETTE[s % len(PALETTE)])
+            spread = errors.get(name, ())
+            error = spread[g] if g < len(spread) else None
+            if error:
+                mid, hi, lo = x0 + bar_w / 2, axes.y(value + error), axes.y(max(value - error, ticks[0]))
+                draw.line([(mid, hi), (mid, lo)], fill=AXIS, width=1)
+                for yy in (hi, lo):
+                    draw.line([(mid - 3, yy), (mid + 3, yy)], fill=AXIS, width=1)
+                y = min(y, hi)
             text = f"{value:.1f}"
             w, h = _text_size(draw, text, font)
             if w <= bar_w + 6:

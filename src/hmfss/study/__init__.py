@@ -1,0 +1,1 @@
+"""``hmfss study``: the demo's FM / IM / HM comparison repeated over seeds, with its spread."""
