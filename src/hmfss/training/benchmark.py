@@ -16,6 +16,7 @@ from hmfss.capability import bf16_is_native
 from hmfss.evaluation.benchmark import BenchmarkConfig, random_episode
 from hmfss.evaluation.timing import (count_flops, device_name, matmul_peak, peak_memory, repeat_timings,
                                      reset_peak_memory, summarise, synchronizer)
+from hmfss.fast.memory import keep_freed_memory
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters
 from hmfss.training.optim import OPTIMIZER_KINDS
 from hmfss.training.precision import autocast, autocast_dtype, grad_scaler
@@ -71,6 +72,7 @@ def _amp_agreement(model: FewShotSegmenter, batch: dict[str, Any], device: torch
 def run_train_benchmark(cfg: TrainBenchmarkConfig, model: FewShotSegmenter | None = None) -> dict[str, Any]:
     """Time the training step; returns a JSON-serialisable dict."""
     device = torch.device(cfg.device)
+    kept = keep_freed_memory() if device.type == "cpu" else False  # as training does
     torch.manual_seed(cfg.seed)
     if model is None:
         model = build_model(cfg.arch, cfg.backbone, cfg.masking, img_size=cfg.img_size, **cfg.options)
@@ -78,7 +80,7 @@ def run_train_benchmark(cfg: TrainBenchmarkConfig, model: FewShotSegmenter | Non
     batch = random_batch(cfg)
     result: dict[str, Any] = {"config": asdict(cfg), "device_name": device_name(device),
                               "threads": torch.get_num_threads(), "bf16_native": bf16_is_native(device),
-                              "learnable_parameters": learnable_parameters(model)}
+                              "learnable_parameters": learnable_parameters(model), "freed_memory_kept": kept}
     if cfg.amp:
         result["amp_dtype"] = str(autocast_dtype(device)).replace("torch.", "")
         result["amp_mask_agreement"] = _amp_agreement(model.train(), batch, device)

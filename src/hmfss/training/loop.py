@@ -42,6 +42,7 @@ from hmfss.data.splits import SplitInfo
 from hmfss.errors import HmfssError
 from hmfss.evaluation.evaluate import evaluate
 from hmfss.evaluation.metrics import SegmentationMeter
+from hmfss.fast.memory import keep_freed_memory
 from hmfss.model import build_model
 from hmfss.training.config import TrainConfig, TrainSettings, resolve, validate
 from hmfss.training.data import epoch_loader, setup_data
@@ -167,6 +168,8 @@ class Trainer:
         """Model, data, optimiser, scaler and sizes: everything that reads the inputs."""
         cfg, info = self.cfg, self.info
         seed_everything(cfg.seed)  # same initial head weights on every rank
+        if info.device.type == "cpu":
+            keep_freed_memory()  # no page faults of the step's large tensors at every step
         self.model = model_from_config(cfg).to(info.device)
         self.data = setup_data(cfg)
         self.optimizer = build_optimizer(self.model, cfg)
