@@ -20,6 +20,14 @@ def _conv_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1)
 
 
+def add_branches(a: Tensor, b: Tensor) -> Tensor:
+    """``a + b``, written into ``a`` unless autograd records it: an in-place add on ``a`` (a
+    view of a conv's output) would make the backward pass copy the whole gradient (CopySlices)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return a + b
+    return a.add_(b)
+
+
 def _conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
@@ -54,7 +62,7 @@ def _conv_support_planes(conv: nn.Conv2d, planes: Tensor) -> Tensor:
     out = planes.reshape(m, h * w * c) @ dense
     out_h, out_w = _conv_output_size(conv, h, w)
     out = out.view(m, out_h, out_w, conv.out_channels)
-    return out if conv.bias is None else out.add_(conv.bias.to(out.dtype))
+    return out if conv.bias is None else add_branches(out, conv.bias.to(out.dtype))
 
 
 
@@ -86,7 +94,7 @@ class CenterPivotConv4d(nn.Module):
         sub = x[:, :, :, ::s, ::s] if s > 1 else x
         sub = sub.permute(0, 3, 4, 1, 2, 5).reshape(n * hs2 * ws2, hq, wq, c)
         query = _conv_planes(self.conv1, sub).reshape(n, hs2, ws2, hq, wq, cout)
-        return support.reshape(n, hq, wq, hs2, ws2, cout).add_(query.permute(0, 3, 4, 1, 2, 5))
+        return add_branches(support.reshape(n, hq, wq, hs2, ws2, cout), query.permute(0, 3, 4, 1, 2, 5))
 
     def forward_query_major(self, x: Tensor) -> Tensor:
         """(N, Hq, Wq, Cin, Hs, Ws) contiguous (as the correlation writes it) ->

@@ -70,10 +70,11 @@ def _reader(cfg: TrainConfig, train: SplitInfo, val: SplitInfo) -> Reader:
     return make_reader(cfg.benchmark, cfg.datapath, replace(val, extra={**val.extra, "masks": masks}))
 
 
-def epoch_loader(dataset: EpisodeDataset, batch_size: int, workers: int, seed: int) -> DataLoader:
-    """Batches of training episodes in list order; ``seed`` seeds the workers' RNGs."""
+def epoch_loader(dataset: EpisodeDataset, batch_size: int, workers: int, seed: int, pin_memory: bool = False) -> DataLoader:
+    """Batches of training episodes in list order; ``seed`` seeds the workers' RNGs.
+    ``pin_memory`` (for CUDA) lets the step's host-to-device copies run asynchronously."""
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_episodes, worker_init_fn=worker_init if workers else None,
-                      generator=gen, persistent_workers=False, pin_memory=False)
+                      generator=gen, persistent_workers=False, pin_memory=pin_memory)

@@ -262,7 +262,8 @@ class Trainer:
             seeds = shard(augmentation_seeds(cfg.seed, epoch, len(episodes)), info.rank, info.world_size)[skip:]
         dataset = EpisodeDataset(self.data.reader, mine[skip:], self.model.config.img_size,
                                  augmentation=self.settings.augmentation, augment_seeds=seeds)
-        loader = epoch_loader(dataset, self.local_bsz, cfg.workers, (cfg.seed * 100003 + epoch) * 1009 + info.rank)
+        loader = epoch_loader(dataset, self.local_bsz, cfg.workers, (cfg.seed * 100003 + epoch) * 1009 + info.rank,
+                              pin_memory=info.device.type == "cuda")
         return loader, len(mine)
 
     def _train_epoch(self, epoch: int) -> EpochProgress:
