@@ -49,16 +49,16 @@ def _two_stage_sum(v: Tensor) -> Tensor:
     return v.sum(2).sum(1)
 
 
-def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and 1/std per (sample, group) of (N, outer, inner, C), each (N, G, 1), in two
-    passes (mean, then centred squares) without a temporary of squares."""
+    passes (mean, then centred squares) without a temporary of squares; and ``x`` centred."""
     n, _, _, c = x.shape
     count = x[0].numel() // groups
     mean = _two_stage_sum(x).view(n, groups, c // groups).sum(-1, keepdim=True) / count
     centred = x - mean.expand(n, groups, c // groups).reshape(n, 1, 1, c)
     squares = torch.linalg.vector_norm(centred, dim=2).square()
     var = squares.sum(1).view(n, groups, c // groups).sum(-1, keepdim=True) / count
-    return mean, torch.rsqrt(var + eps)
+    return mean, torch.rsqrt(var + eps), centred
 
 
 def _per_channel(stat: Tensor, n: int, c: int) -> Tensor:
@@ -75,11 +75,11 @@ class _GroupNormCL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
         n, c = x.shape[0], x.shape[-1]
-        mean, rstd = _group_stats(x, groups, eps)
+        mean, rstd, centred = _group_stats(x, groups, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups = groups
         scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
-        return (x - _per_channel(mean, n, c)).mul_(scale).add_(bias.view(1, 1, 1, c))
+        return centred.mul_(scale).add_(bias.view(1, 1, 1, c))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
