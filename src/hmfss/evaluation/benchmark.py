@@ -17,28 +17,35 @@ import torch
 
 from hmfss.capability import bf16_is_native
 from hmfss.evaluation.timing import (count_flops, device_name, matmul_peak, peak_memory, repeat_timings,
-                                     reset_peak_memory, summarise, synchronizer)
+                                     reset_peak_memory, summarise, synchronizer, table_text)
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters, vote
 
 
 @dataclass
-class BenchmarkConfig:
+class TimedModel:
+    """What any speed measurement fixes: the model, its input size and batch, device, precision,
+    compilation, timed repeats after warm-up, the seed of weights and inputs."""
+
     arch: str = "hsnet"
     backbone: str = "resnet50"
     masking: str = "hm"
-    nshot: int = 1
     img_size: int = 400
+    batch: int = 1
     device: str = "cpu"
     amp: bool = False
-    batch: int = 1
     compile: bool = False
     repeats: int = 5
     warmup: int = 1
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # head-specific (e.g. VAT benchmark)
+
+
+@dataclass
+class BenchmarkConfig(TimedModel):
+    nshot: int = 1
     stream_queries: int = 8
     naive: bool = True  # also time the straightforward K-forward path
     exact_selection: bool = True  # see hmfss.fast.path.FastPath; False: HM's support pass channels-last too
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def naive_predict(model: FewShotSegmenter, query, supports, masks):
@@ -145,9 +152,6 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     if "amp_mask_agreement" in result:
         rows.append(("bf16 vs fp32 mask agreement", f"{100 * result['amp_mask_agreement']:.2f}% of pixels"))
-    if cfg["amp"] and not result["bf16_native"]:
-        rows.append(("bf16", "EMULATED on this CPU (no native bf16 instructions): --amp is slower than fp32 here"))
     if "fast_selection_mask_agreement" in result:
         rows.append(("fast vs exact selection, masks", f"{100 * result['fast_selection_mask_agreement']:.2f}% of pixels"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return table_text(rows, result)

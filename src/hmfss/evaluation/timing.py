@@ -128,3 +128,12 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
                 "peak_memory_kind": "max allocated (GPU)"}
     return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_memory_kind": "peak RSS of the process"}
+
+
+def table_text(rows: list[tuple[str, str]], result: dict[str, Any]) -> str:
+    """Aligned ``name  value`` lines, plus a warning row when the result's bf16 autocast ran
+    emulated (``config.amp`` without ``bf16_native``)."""
+    if result["config"]["amp"] and not result["bf16_native"]:
+        rows = rows + [("bf16", "EMULATED on this CPU (no native bf16 instructions): --amp is slower than fp32 here")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

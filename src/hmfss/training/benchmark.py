@@ -7,15 +7,15 @@ and reports seconds per step, episodes/s, peak memory and the FLOPs of forward +
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from hmfss.capability import bf16_is_native
-from hmfss.evaluation.benchmark import BenchmarkConfig, random_episode
+from hmfss.evaluation.benchmark import BenchmarkConfig, TimedModel, random_episode
 from hmfss.evaluation.timing import (count_flops, device_name, matmul_peak, peak_memory, repeat_timings,
-                                     reset_peak_memory, summarise, synchronizer)
+                                     reset_peak_memory, summarise, synchronizer, table_text)
 from hmfss.fast.memory import keep_freed_memory
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters
 from hmfss.training.optim import OPTIMIZER_KINDS
@@ -24,19 +24,8 @@ from hmfss.training.step import StepParts, train_step
 
 
 @dataclass
-class TrainBenchmarkConfig:
-    arch: str = "hsnet"
-    backbone: str = "resnet50"
-    masking: str = "hm"
-    img_size: int = 400
+class TrainBenchmarkConfig(TimedModel):
     batch: int = 4  # 1-shot episodes per step
-    device: str = "cpu"
-    amp: bool = False
-    compile: bool = False
-    repeats: int = 5
-    warmup: int = 1
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def random_batch(cfg: TrainBenchmarkConfig) -> dict[str, Any]:
@@ -120,7 +109,4 @@ def format_train_table(result: dict[str, Any]) -> str:
     ]
     if "amp_mask_agreement" in result:
         rows.append((f"{result['amp_dtype']} vs fp32 mask agreement", f"{100 * result['amp_mask_agreement']:.2f}% of pixels"))
-    if cfg["amp"] and not result["bf16_native"]:
-        rows.append(("bf16", "EMULATED on this CPU (no native bf16 instructions): --amp is slower than fp32 here"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return table_text(rows, result)
