@@ -27,7 +27,7 @@ from hmfss.atomic import atomic_write_text
 from hmfss.demo.budget import calibrate, fit_test, plan, training_slowdown
 from hmfss.demo.report import draw_figures, write_report
 from hmfss.demo.settings import MASKINGS, DemoSettings, train_config
-from hmfss.demo.steps import generate_benchmark, heldout_episodes, heldout_results, timed
+from hmfss.demo.steps import generate_benchmark, heldout_episode_sets, heldout_results, timed
 from hmfss.errors import HmfssError
 from hmfss.training.loop import train
 
@@ -67,8 +67,7 @@ def run_demo(out: Path, s: DemoSettings) -> Path:
         planned = _fit_evaluation(s, planned, timings, stages, time.perf_counter() - start, results)
     say("3/4 evaluating both models on the held-out test classes (1- and 5-shot)")
     with timed(stages, "evaluate"):
-        episode_sets = {1: heldout_episodes(out / "data", 1, planned.test_episodes),
-                        5: heldout_episodes(out / "data", 5, planned.test_episodes_5shot)}
+        episode_sets = heldout_episode_sets(out / "data", planned)
         for masking in MASKINGS:
             checkpoint = out / results["models"][masking]["checkpoint"]
             results["models"][masking].update(heldout_results(out / "data", checkpoint, episode_sets, planned.size))

@@ -15,7 +15,7 @@ from hmfss.data.episodes import Episode
 from hmfss.demo.evidence import STUDY_FINDINGS, STUDY_REPORT
 from hmfss.demo.examples import choose_examples, example_panels
 from hmfss.demo.settings import MASKINGS, NAMES, DemoSettings
-from hmfss.evaluation.charts import bar_chart, line_chart, markdown_table
+from hmfss.evaluation.charts import bar_chart, line_chart, markdown_table, plus_minus
 from hmfss.evaluation.metrics import BUCKETS
 
 TEMPLATE = """\
@@ -162,10 +162,6 @@ def _bucket_table(models: dict[str, Any]) -> str:
 # ---- what the seeded study found -------------------------------------------------------------------
 
 
-def _pm(stats: dict[str, Any]) -> str:
-    return f"{stats['mean']:+.2f} ± {stats['sd']:.2f}" if stats.get("sd") is not None else f"{stats['mean']:+.2f}"
-
-
 def _study_rows() -> list[list[Any]]:
     rows = []
     for size, f in sorted(STUDY_FINDINGS.items()):
@@ -173,9 +169,9 @@ def _study_rows() -> list[list[Any]]:
             entry = f[f"{shots}shot"]
             hm, im = entry["minus_fm"]["hm"], entry["minus_fm"].get("im")
             small = entry.get("small_objects", {}).get("minus_fm", {}).get("hm")
-            rows.append([f"{size} px", f"{shots}-shot", _pm(hm), f"{hm['a_better']} of {hm['n']}",
-                         _pm(im) if im else "n/a",
-                         f"{_pm(small)} ({entry['small_objects']['bucket']})" if small else "n/a"])
+            rows.append([f"{size} px", f"{shots}-shot", plus_minus(hm, signed=True), f"{hm['a_better']} of {hm['n']}",
+                         plus_minus(im, signed=True) if im else "n/a",
+                         f"{plus_minus(small, signed=True)} ({entry['small_objects']['bucket']})" if small else "n/a"])
     return rows
 
 
@@ -210,5 +206,5 @@ def study_section(gains: dict[int, float], size: int, episodes: int) -> str:
         where = ("within two seed-to-seed standard deviations of the study's mean: what seed noise alone gives"
                  if distance <= 2 else "more than two seed-to-seed standard deviations from the study's mean")
         lines.append(f"This run's HM − FM {shots}-shot, {gains[shots]:+.2f}, is {where} "
-                     f"({_pm(d)} over {d['n']} seeds at {size} px).")
+                     f"({plus_minus(d, signed=True)} over {d['n']} seeds at {size} px).")
     return "\n".join(lines)

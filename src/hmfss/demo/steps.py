@@ -44,6 +44,11 @@ def heldout_episodes(data: Path, shots: int, count: int) -> list[Episode]:
     return [every[i * len(every) // count] for i in range(count)]
 
 
+def heldout_episode_sets(data: Path, s: DemoSettings) -> dict[int, list[Episode]]:
+    """The 1-shot and 5-shot test episodes of ``s`` ({shots: episodes})."""
+    return {1: heldout_episodes(data, 1, s.test_episodes), 5: heldout_episodes(data, 5, s.test_episodes_5shot)}
+
+
 def heldout_results(data: Path, checkpoint: Path, episode_sets: dict[int, list[Episode]], size: int) -> dict[str, Any]:
     """``test_1shot`` / ``test_5shot`` entries (mIoU, FB-IoU, episodes, size buckets) of one checkpoint."""
     info = load_split("fss", data / "splits", split="test", datapath=data)

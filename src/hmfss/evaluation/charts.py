@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -282,3 +282,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def plus_minus(stats: Mapping[str, Any] | None, digits: int = 2, signed: bool = False) -> str:
+    """``mean ± sd`` of a {"mean", "sd"} summary for a table cell (just the mean without an sd,
+    n/a without a mean)."""
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    text = f"{stats['mean']:{'+' if signed else ''}.{digits}f}"
+    return text if stats.get("sd") is None else f"{text} ± {stats['sd']:.{digits}f}"

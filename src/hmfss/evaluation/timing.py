@@ -102,10 +102,11 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's with its instruction set and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

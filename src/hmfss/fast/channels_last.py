@@ -67,6 +67,15 @@ def _per_channel(stat: Tensor, n: int, c: int) -> Tensor:
     return stat.expand(n, groups, c // groups).reshape(n, 1, 1, c)
 
 
+def _normalise(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """GroupNorm of (N, outer, inner, C), written into its centred temporary (not differentiable
+    as written); with the mean and 1/std, each (N, G, 1)."""
+    n, c = x.shape[0], x.shape[-1]
+    mean, rstd, centred = _group_stats(x, groups, eps)
+    scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
+    return centred.mul_(scale).add_(bias.view(1, 1, 1, c)), mean, rstd
+
+
 class _GroupNormCL(torch.autograd.Function):
     """GroupNorm of (N, outer, inner, C) with an analytic backward: the input is saved (not
     the temporaries of a composite), gradients come from two per-channel sums and one
@@ -74,12 +83,10 @@ class _GroupNormCL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
-        n, c = x.shape[0], x.shape[-1]
-        mean, rstd, centred = _group_stats(x, groups, eps)
+        out, mean, rstd = _normalise(x, weight, bias, groups, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups = groups
-        scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
-        return centred.mul_(scale).add_(bias.view(1, 1, 1, c))
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -105,7 +112,8 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     Statistics in two passes (mean, then centred squares), each summed in two stages over a
     balanced (outer, inner) split of the positions, so that float32 sums over many positions
     stay accurate; float32 statistics under autocast. With autograd (float32/64) an analytic
-    backward (:class:`_GroupNormCL`); without, the result is written into the centred temporary.
+    backward (:class:`_GroupNormCL`); without, the result is written into the centred temporary
+    (:func:`_normalise`).
     """
     n, c, g = x.shape[0], x.shape[-1], norm.num_groups
     positions = x.numel() // (n * c)
@@ -115,15 +123,12 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     if grad and v.dtype in (torch.float32, torch.float64):
         return _GroupNormCL.apply(v, norm.weight, norm.bias, g, norm.eps).view(x.shape)
     stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+    if not grad:
+        return _normalise(stats, norm.weight, norm.bias, g, norm.eps)[0].to(x.dtype).view(x.shape)
+    # half-precision maps under autocast with autograd: the composite, differentiated by autograd
     count = positions * (c // g)
-    mean = stats.sum(2).sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
-    centred = stats - mean.expand(n, g, c // g).reshape(n, 1, 1, c)
-    if grad:
-        squares = centred.square().sum(2)
-    else:  # no temporary of squares (a norm's gradient is undefined at 0, hence the branch)
-        squares = torch.linalg.vector_norm(centred, dim=2).square()
-    var = squares.sum(1).view(n, g, c // g).sum(-1, keepdim=True) / count
+    mean = _two_stage_sum(stats).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
+    centred = stats - _per_channel(mean, n, c)
+    var = _two_stage_sum(centred.square()).view(n, g, c // g).sum(-1, keepdim=True) / count
     scale = (torch.rsqrt(var + norm.eps) * norm.weight.view(g, c // g)).view(n, 1, 1, c)
-    bias = norm.bias.view(1, 1, 1, c)
-    out = centred * scale + bias if grad else centred.mul_(scale).add_(bias)
-    return out.to(x.dtype).view(x.shape)
+    return (centred * scale + norm.bias.view(1, 1, 1, c)).to(x.dtype).view(x.shape)

@@ -27,6 +27,7 @@ import torch
 from hmfss.atomic import atomic_write_text
 from hmfss.demo.steps import generate_benchmark
 from hmfss.errors import HmfssError
+from hmfss.evaluation.timing import cpu_model
 from hmfss.study.aggregate import summarise
 from hmfss.study.report import draw_figures, write_report
 from hmfss.study.runs import load_result, say, work
@@ -126,13 +127,5 @@ def _write_marker(out: Path, marker: dict[str, Any]) -> None:
 
 def machine(s: StudySettings) -> dict[str, Any]:
     """What the numbers were computed on (the same seeds give the same numbers on the same kind)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jobs": s.jobs, "threads_per_job": s.threads,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "jobs": s.jobs, "threads_per_job": s.threads,
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hmfss.atomic import atomic_write_text
-from hmfss.evaluation.charts import bar_chart, line_chart, markdown_table
+from hmfss.evaluation.charts import bar_chart, line_chart, markdown_table, plus_minus
 from hmfss.study.aggregate import paired, smallest_bucket
 from hmfss.study.settings import NAMES, run_name
 
@@ -19,15 +19,6 @@ def short(variant: str) -> str:
     return variant.upper()
 
 
-def pm(stats: Mapping[str, Any] | None, digits: int = 2, signed: bool = False) -> str:
-    """``mean ± sd`` (just the mean below two values, n/a without any)."""
-    if not stats or stats.get("mean") is None:
-        return "n/a"
-    form = f"{{:{'+' if signed else ''}.{digits}f}}"
-    text = form.format(stats["mean"])
-    return text if stats.get("sd") is None else f"{text} ± {stats['sd']:.{digits}f}"
-
-
 def verdict(d: Mapping[str, Any], a: str, b: str, unit: str, better: str = "better", digits: int = 2,
             higher_is_better: bool = True) -> str:
     """One sentence on a paired difference ``a - b`` (:func:`hmfss.study.aggregate.paired`, made
@@ -35,7 +26,7 @@ def verdict(d: Mapping[str, Any], a: str, b: str, unit: str, better: str = "bett
     n = d["n"]
     if n == 0:
         return f"{a} − {b}: no seed where both are known."
-    diff = f"{a} − {b} = {pm(d, digits, signed=True)} {unit}"
+    diff = f"{a} − {b} = {plus_minus(d, digits, signed=True)} {unit}"
     if n < 2:
         return f"{diff} (one seed: no spread, no verdict)."
     lo, hi = d["interval"]
@@ -208,9 +199,9 @@ def _test_table(summary: Mapping[str, Any]) -> str:
     for v in summary["variants"]:
         cells = [NAMES[v]]
         for block in summary["test"].values():
-            cells += [pm(block["variants"][v]["miou"]), pm(block["variants"][v]["fb_iou"])]
+            cells += [plus_minus(block["variants"][v]["miou"]), plus_minus(block["variants"][v]["fb_iou"])]
         val = summary["validation"][v]
-        rows.append(cells + [pm(val["best"]), pm(val["mean_val_miou"])])
+        rows.append(cells + [plus_minus(val["best"]), plus_minus(val["mean_val_miou"])])
     header = ["model"] + [f"{k[0]}-shot {m}" for k in summary["test"] for m in ("mIoU", "FB-IoU")]
     figure = "![validation curves](figures/val_curves.png) ![training loss](figures/train_loss.png)\n"
     return markdown_table(header + ["best val mIoU", "mean val mIoU"], rows) + "\n\n" + figure
@@ -229,7 +220,7 @@ def _paired_table(summary: Mapping[str, Any]) -> str:
                 d = block["paired"][v][metric]
                 per_seed = ", ".join(f"{x:+.2f}" for x in d["by_seed"].values())
                 rows.append([f"{short(v)} − {base}", f"{shots[0]}-shot {'mIoU' if metric == 'miou' else 'FB-IoU'}",
-                             pm(d, signed=True), _interval(d), f"{d['a_better']} / {d['n']}", per_seed])
+                             plus_minus(d, signed=True), _interval(d), f"{d['a_better']} / {d['n']}", per_seed])
     header = ["difference", "test", "mean ± sd", "95% t-interval", "seeds the variant leads", "by seed"]
     return markdown_table(header, rows) + "\n"
 
@@ -237,9 +228,9 @@ def _paired_table(summary: Mapping[str, Any]) -> str:
 def _bucket_section(summary: Mapping[str, Any], shots: str) -> str:
     block, base = summary["test"][shots], short(summary["baseline"])
     first = block["variants"][summary["variants"][0]]["buckets"]
-    rows = [[NAMES[v]] + [pm(b) for b in block["variants"][v]["buckets"]] for v in summary["variants"]]
+    rows = [[NAMES[v]] + [plus_minus(b) for b in block["variants"][v]["buckets"]] for v in summary["variants"]]
     for v in _order(summary):
-        rows.append([f"{short(v)} − {base}"] + [f"{pm(b, signed=True)} ({b['a_better']}/{b['n']})"
+        rows.append([f"{short(v)} − {base}"] + [f"{plus_minus(b, signed=True)} ({b['a_better']}/{b['n']})"
                                                 for b in block["paired"][v]["buckets"]])
     rows.append(["test episodes (classes)"] + [f"{b['episodes']} ({b['classes']})" for b in first])
     table = markdown_table([f"{shots[0]}-shot"] + [f"fg {b['bucket']}" for b in first], rows)
@@ -250,7 +241,7 @@ def _bucket_section(summary: Mapping[str, Any], shots: str) -> str:
 def _convergence(summary: Mapping[str, Any]) -> str:
     val = summary["validation"]
     thresholds = list(next(iter(val.values()))["episodes_to"])
-    rows = [[NAMES[v]] + [f"{pm(val[v]['episodes_to'][t], 0)} ({val[v]['episodes_to'][t]['reached']}/"
+    rows = [[NAMES[v]] + [f"{plus_minus(val[v]['episodes_to'][t], 0)} ({val[v]['episodes_to'][t]['reached']}/"
                           f"{val[v]['episodes_to'][t]['runs']})" for t in thresholds] for v in summary["variants"]]
     table = markdown_table(["model"] + [f"episodes to val mIoU ≥ {t}" for t in thresholds], rows)
     return (f"{table}\n\n(mean ± sd over the runs that reached the threshold (runs that reached it / runs))\n\n"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from hmfss.atomic import atomic_write_text
-from hmfss.demo.steps import heldout_episodes, heldout_results
+from hmfss.demo.steps import heldout_episode_sets, heldout_results
 from hmfss.study.aggregate import cumulative_episodes
 from hmfss.study.settings import StudySettings, run_config, run_name
 from hmfss.training.loop import train
@@ -54,7 +54,7 @@ def execute(out: Path, s: StudySettings, variant: str, seed: int) -> dict[str, A
     result = train(cfg, resume=resume, console=False)
     trained = time.perf_counter() - tick
     data = out / "data"
-    episode_sets = {1: heldout_episodes(data, 1, s.test_episodes), 5: heldout_episodes(data, 5, s.test_episodes_5shot)}
+    episode_sets = heldout_episode_sets(data, s.demo())
     tests = heldout_results(data, run_dir / "best.pt", episode_sets, s.size)
     history = result.history
     record = {
