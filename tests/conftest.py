@@ -18,6 +18,23 @@ SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 torch.set_num_threads(2)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests sharing the session's trained VAT/ASNet runs go to one worker process (the runs
+    are made once there); those and the tests marked ``slow`` are scheduled first, so that
+    the parallel run does not end with one process busy and the other idle."""
+    for item in items:
+        if "trained_head" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained_head"))
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("xdist_group"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def shared_reference() -> Path:
     """../shared/reference (split lists, checkpoint key list); skip the test when absent."""

@@ -12,6 +12,8 @@ import torch
 
 from helpers.golden import GOLDEN, cases, compute, key
 
+pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
+
 STORED = json.loads(GOLDEN.read_text())
 SAME_KIND = (STORED["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
              and STORED["torch"] == torch.__version__)

@@ -15,6 +15,9 @@ from hmfss.study import runs as study_runs
 from hmfss.study.settings import QUICK, StudySettings, run_config
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
+# seconds per test: scheduled first (tests/conftest.py); one process makes the shared study once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("study")]
+
 QUICK_SETTINGS = replace(StudySettings(), **QUICK)
 NOT_RESULTS = ("settings", "machine", "timing", "command")  # how and where it ran, not what it found
 

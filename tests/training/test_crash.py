@@ -25,6 +25,8 @@ from hmfss.cli.main import main
 from hmfss.data.synthetic import SyntheticParams, generate
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
+pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
+
 KILLER = Path(__file__).with_name("killed_train.py")
 
 

@@ -6,9 +6,12 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from hmfss.training.distributed import DistInfo, all_reduce_sum, rng_state, set_rng_state, shard
+
+pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
 
 REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 

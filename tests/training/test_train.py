@@ -12,6 +12,8 @@ from hmfss.training.loop import TrainingStopped, train
 from hmfss.training.rundir import resume_config
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
+pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
