@@ -23,6 +23,7 @@ import hmfss
 from hmfss.atomic import is_own_temp
 from hmfss.cli.main import main
 from hmfss.data.synthetic import SyntheticParams, generate
+from hmfss.training.rundir import TIMING_FIELDS
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
@@ -62,7 +63,7 @@ def _load(path: Path) -> dict:
 
 def _history(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("episodes_per_s", "epoch_seconds")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
 
 
 def _assert_same_tensors(a: dict, b: dict) -> None:

@@ -1,4 +1,5 @@
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,7 @@ from hmfss.data.synthetic import SyntheticParams, generate
 from hmfss.errors import HmfssError
 from hmfss.training.config import TrainConfig, read_config_file, resolve_config
 from hmfss.training.loop import TrainingStopped, train
-from hmfss.training.rundir import resume_config
+from hmfss.training.rundir import TIMING_FIELDS, resume_config
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
@@ -86,7 +87,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(bench, tmp_path, checkpoi
     _same_state(a["model"], b["model"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("episodes_per_s", "epoch_seconds")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
     assert strip(full.history) == strip(resumed.history)
     assert "resumed" in (tmp_path / "cut" / "log.txt").read_text()
 
@@ -364,3 +365,41 @@ def test_amp_on_a_cpu_that_emulates_bf16_is_logged_as_slower(bench, tmp_path, mo
     monkeypatch.setattr("hmfss.training.loop.bf16_warning", lambda device: "bf16 is emulated on this CPU: slower")
     train(tiny_config(bench, tmp_path / "run", epochs=1, episodes_per_epoch=2, amp=True), console=False)
     assert "bf16 is emulated on this CPU: slower" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_the_time_spent_waiting_for_data_is_recorded(bench, tmp_path, monkeypatch):
+    """A loader that takes 0.25 s per episode (no worker processes: the step waits for all of it)
+    makes the epoch's recorded data wait at least that, and the rest of the epoch's time apart."""
+    from hmfss.data.dataset import EpisodeDataset
+
+    load = EpisodeDataset.load
+
+    def slow_load(self, index):
+        time.sleep(0.25)
+        return load(self, index)
+
+    monkeypatch.setattr(EpisodeDataset, "load", slow_load)
+    result = train(tiny_config(bench, tmp_path / "run", epochs=1, episodes_per_epoch=4, val_episodes=2),
+                   console=False)
+    (row,) = result.history
+    # 4 training episodes; the 2 validation episodes are loaded outside the training loop
+    assert 1.0 <= row["data_wait_seconds"] < 1.0 + 0.5 < row["epoch_seconds"]
+    assert "(of which 1s waiting for data)" in (tmp_path / "run" / "log.txt").read_text()
+    assert (tmp_path / "run" / "history.csv").read_text().splitlines()[0].endswith(",data_wait_seconds")
+
+
+def test_timed_batches_measures_only_the_wait_for_each_batch():
+    from hmfss.training.data import timed_batches
+
+    def loader():
+        for i in range(3):
+            time.sleep(0.1 * i)
+            yield i
+
+    seen = []
+    for batch, waited in timed_batches(loader()):
+        time.sleep(0.15)  # the step's own time is not the loader's
+        seen.append((batch, waited))
+    assert [b for b, _ in seen] == [0, 1, 2]
+    # at least the loader's sleep, and none of the step's 0.15 s
+    assert all(0.1 * i <= w < 0.1 * i + 0.12 for i, (_, w) in enumerate(seen)), seen

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -78,3 +81,16 @@ def epoch_loader(dataset: EpisodeDataset, batch_size: int, workers: int, seed: i
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_episodes, worker_init_fn=worker_init if workers else None,
                       generator=gen, persistent_workers=False, pin_memory=pin_memory)
+
+
+def timed_batches(loader: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], float]]:
+    """(batch, seconds the step waited for it) for every batch of ``loader``: the time spent
+    getting the next batch, which is the loader's work where it cannot keep ahead of the step."""
+    batches = iter(loader)
+    while True:
+        tick = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - tick

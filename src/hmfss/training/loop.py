@@ -45,7 +45,7 @@ from hmfss.evaluation.metrics import SegmentationMeter
 from hmfss.fast.memory import keep_freed_memory
 from hmfss.model import build_model
 from hmfss.training.config import TrainConfig, TrainSettings, resolve, validate
-from hmfss.training.data import epoch_loader, setup_data
+from hmfss.training.data import epoch_loader, setup_data, timed_batches
 from hmfss.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -280,7 +280,8 @@ class Trainer:
         bar = self._bar(count, epoch, first_step * self.local_bsz)
         elapsed, tick = progress.seconds, time.perf_counter()
         try:
-            for batch in loader:
+            for batch, waited in timed_batches(loader):
+                progress.data_seconds += waited
                 self._step(batch, progress)
                 if bar is not None:
                     bar.update(batch["size"] + len(batch["errors"]))
@@ -326,7 +327,7 @@ class Trainer:
         if improved:
             state.best_miou, state.best_epoch = val["miou"], epoch + 1
         train_loss, eps_per_s = _rates(sums, progress.seconds)
-        row = self._history_row(epoch, sums, meter, val, progress.seconds)
+        row = self._history_row(epoch, sums, meter, val, progress.seconds, progress.data_seconds)
         state.history.append(row)
         if improved:
             self.dir.save_best(self.model, epoch + 1, val)
@@ -339,11 +340,12 @@ class Trainer:
         self.log.info(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {train_loss:.4f} train mIoU {meter.miou():.2f} | "
                       f"val mIoU {val['miou']:.2f} FB-IoU {val['fb_iou']:.2f}"
                       + (" (best)" if improved else f" (best {state.best_miou:.2f} @ {state.best_epoch})")
-                      + f" | {eps_per_s:.2f} episodes/s, {progress.seconds:.0f}s train + {val['seconds']:.0f}s val"
+                      + f" | {eps_per_s:.2f} episodes/s, {progress.seconds:.0f}s train (of which {progress.data_seconds:.0f}s "
+                      f"waiting for data) + {val['seconds']:.0f}s val"
                       + (f" | {int(sums[2])} episodes skipped (unreadable files)" if sums[2] else ""))
 
     def _history_row(self, epoch: int, sums: np.ndarray, meter: SegmentationMeter, val: dict[str, Any],
-                     train_seconds: float) -> dict[str, Any]:
+                     train_seconds: float, data_seconds: float) -> dict[str, Any]:
         state = self.state
         train_loss, eps_per_s = _rates(sums, train_seconds)
         row = {
@@ -352,7 +354,7 @@ class Trainer:
             "val_miou": round(val["miou"], 4), "val_fb_iou": round(val["fb_iou"], 4),
             "best_miou": round(state.best_miou, 4), "best_epoch": state.best_epoch, "lr": self.cfg.lr,
             "episodes": int(sums[1]), "episodes_per_s": round(eps_per_s, 3),
-            "epoch_seconds": round(train_seconds + val["seconds"], 2),
+            "epoch_seconds": round(train_seconds + val["seconds"], 2), "data_wait_seconds": round(data_seconds, 2),
             "val_buckets": [b["miou"] for b in val["buckets"]],
         }
         if sums[2]:

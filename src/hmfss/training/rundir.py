@@ -50,7 +50,9 @@ from hmfss.weights import load_state
 
 LOGGER_NAME = "hmfss.train"
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_miou", "train_fb_iou", "val_miou", "val_fb_iou",
-                  "best_miou", "best_epoch", "lr", "episodes", "episodes_per_s", "epoch_seconds")
+                  "best_miou", "best_epoch", "lr", "episodes", "episodes_per_s", "epoch_seconds", "data_wait_seconds")
+# the history fields that measure time (they differ between otherwise identical runs)
+TIMING_FIELDS = ("episodes_per_s", "epoch_seconds", "data_wait_seconds")
 
 # what a last.pt holds beside the model (a best.pt has none of it)
 LAST_ENTRIES = {"optimizer": dict, "epoch": int, "step": int, "global_step": int, "best_miou": float,
@@ -82,14 +84,16 @@ class EpochProgress:
     meter: SegmentationMeter
     sums: np.ndarray  # (3,): loss x episodes, episodes, skipped episodes
     seconds: float = 0.0
+    data_seconds: float = 0.0  # of ``seconds``, waiting for the data loader
 
     def to_saved(self) -> dict[str, Any]:
-        return {"sums": torch.as_tensor(self.sums), "seconds": self.seconds,
+        return {"sums": torch.as_tensor(self.sums), "seconds": self.seconds, "data_seconds": self.data_seconds,
                 "meter": {n: torch.as_tensor(a) for n, a in self.meter.arrays().items()}}
 
     def load_saved(self, saved: dict[str, Any]) -> None:
         self.sums = np.asarray(saved["sums"], dtype=np.float64)
         self.seconds = float(saved["seconds"])
+        self.data_seconds = float(saved.get("data_seconds", 0.0))  # absent before it was measured
         self.meter.load_arrays(saved["meter"])
 
 
