@@ -7,6 +7,7 @@ just uploaded or the class just added), never for a fixed time, so a slow machin
 it slower. Set HMFSS_APP_SCREENSHOT=PATH to also save a screenshot of the page with results.
 """
 
+import importlib.util
 import io
 import os
 import shutil
@@ -22,10 +23,14 @@ from PIL import Image
 from hmfss.cli.main import main
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-gr = pytest.importorskip("gradio", reason="Gradio is not installed (pip install -e '.[app]')")
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium (Debian: apt-get install chromium)"),
-              pytest.mark.xdist_group("browser")]  # one server and one browser for the module
+# Gradio and Playwright are imported by the fixtures only: importing Gradio takes seconds, and
+# every test process collects this module while only one runs it
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="Gradio is not installed (pip install -e '.[app]')"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="Playwright is not installed (pip install playwright)"),
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="no Chromium (Debian: apt-get install chromium)"),
+    pytest.mark.xdist_group("browser"),  # one server and one browser for the module
+]
 TIMEOUT_MS = 90_000  # any one step; generous for a loaded CI machine
 
 
@@ -48,6 +53,8 @@ def page_url():
 
 @pytest.fixture(scope="module")
 def browser():
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as play:
         chromium = play.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield chromium
