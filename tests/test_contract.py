@@ -29,7 +29,7 @@ from functools import cached_property
 import pytest
 import torch
 
-from helpers import make_episode
+from helpers import assert_same_tensors, make_episode
 from hmfss import build_model, learnable_parameters, load_model, save_checkpoint
 from hmfss.backbones import BACKBONES
 from hmfss.errors import HmfssError
@@ -187,11 +187,8 @@ def test_checkpoint_round_trip_gives_equal_logits(case, tmp_path):
         # equal tensors (persistent or not) give equal logits
         assert [type(m) for m in loaded.modules()] == [type(m) for m in case.model.modules()]
         assert not loaded.training and not case.model.training
-        for mine, theirs in ((loaded.named_parameters(), case.model.named_parameters()),
-                             (loaded.named_buffers(), case.model.named_buffers())):
-            mine, theirs = dict(mine), dict(theirs)
-            assert mine.keys() == theirs.keys()
-            assert all(torch.equal(mine[name], theirs[name]) for name in mine)
+        assert_same_tensors(dict(loaded.named_parameters()), dict(case.model.named_parameters()))
+        assert_same_tensors(dict(loaded.named_buffers()), dict(case.model.named_buffers()))
         return
     with torch.no_grad():
         logits = loaded(case.query, case.supports[:, 0], case.masks[:, 0])

@@ -21,6 +21,22 @@ def make_episode(batch: int = 1, shots: int = 1, size: int = 64, seed: int = 0):
     return query, supports, masks
 
 
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Two name -> tensor mappings (state dicts, optimizer states) with the same names and
+    bit-identical tensors."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Training history rows without the fields that measure time (they differ between
+    otherwise identical runs)."""
+    from hmfss.training.rundir import TIMING_FIELDS  # here: every test process imports this module
+
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: one thread is as fast, and immune to OpenMP spin-waits on a busy machine."""

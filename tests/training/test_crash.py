@@ -23,8 +23,7 @@ import hmfss
 from hmfss.atomic import is_own_temp
 from hmfss.cli.main import main
 from hmfss.data.synthetic import SyntheticParams, generate
-from hmfss.training.rundir import TIMING_FIELDS
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import assert_same_tensors, one_thread, without_timing  # noqa: F401  (one_thread: autouse fixture)
 
 pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
 
@@ -62,14 +61,7 @@ def _load(path: Path) -> dict:
 
 
 def _history(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
-
-
-def _assert_same_tensors(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    return without_timing([json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()])
 
 
 def test_kill_9_at_any_point_then_resume_equals_an_uninterrupted_run(bench, tmp_path):
@@ -106,9 +98,9 @@ def test_kill_9_at_any_point_then_resume_equals_an_uninterrupted_run(bench, tmp_
     assert _temps(run) == []
     for name in ("last.pt", "best.pt"):
         full, cut = _load(tmp_path / "full" / name), _load(run / name)
-        _assert_same_tensors(full["model"], cut["model"])
+        assert_same_tensors(full["model"], cut["model"])
         assert full["epoch"] == cut["epoch"]
     full, cut = _load(tmp_path / "full" / "last.pt"), _load(run / "last.pt")
     for sa, sb in zip(full["optimizer"]["state"].values(), cut["optimizer"]["state"].values()):
-        _assert_same_tensors(sa, sb)
+        assert_same_tensors(sa, sb)
     assert _history(tmp_path / "full") == _history(run)

@@ -10,8 +10,8 @@ from hmfss.data.synthetic import SyntheticParams, generate
 from hmfss.errors import HmfssError
 from hmfss.training.config import TrainConfig, read_config_file, resolve_config
 from hmfss.training.loop import TrainingStopped, train
-from hmfss.training.rundir import TIMING_FIELDS, resume_config
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from hmfss.training.rundir import resume_config
+from helpers import assert_same_tensors, one_thread, without_timing  # noqa: F401  (one_thread: autouse fixture)
 
 pytestmark = pytest.mark.slow  # seconds per test: scheduled first (tests/conftest.py)
 
@@ -66,12 +66,6 @@ def _weights(path):
     return torch.load(path, weights_only=True)
 
 
-def _same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 @pytest.mark.parametrize("checkpoint_every, stop_at", [(0, 5), (2, 7)])
 def test_interrupted_then_resumed_equals_uninterrupted(bench, tmp_path, checkpoint_every, stop_at):
     # 2 epochs x 4 steps; the crash happens inside epoch 2 (after step 5 or 7)
@@ -82,13 +76,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(bench, tmp_path, checkpoi
     saved = _weights(tmp_path / "cut" / "last.pt")
     assert (saved["epoch"], saved["step"]) == ((1, 0) if checkpoint_every == 0 else (1, 2))
     resumed = train(resume_config(tmp_path / "cut"), resume=True, console=False)
-    _same_state(full.state, resumed.state)
+    assert_same_tensors(full.state, resumed.state)
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
-    _same_state(a["model"], b["model"])
+    assert_same_tensors(a["model"], b["model"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
-    assert strip(full.history) == strip(resumed.history)
+    assert without_timing(full.history) == without_timing(resumed.history)
     assert "resumed" in (tmp_path / "cut" / "log.txt").read_text()
 
 
@@ -243,7 +236,7 @@ def test_augmented_training_resumes_exactly(bench, tmp_path):
     with pytest.raises(TrainingStopped):
         train(cfg, console=False, stop_after_steps=6)
     resumed = train(resume_config(tmp_path / "cut"), resume=True, console=False)
-    _same_state(full.state, resumed.state)
+    assert_same_tensors(full.state, resumed.state)
 
 
 def test_resume_refuses_an_optimizer_of_another_kind(bench, tmp_path):
@@ -324,8 +317,8 @@ def test_divergence_stops_the_run_and_never_reaches_a_checkpoint(bench, tmp_path
     run = tmp_path / "run"
     last, best = _weights(run / "last.pt"), _weights(run / "best.pt")
     assert (last["epoch"], last["step"], best["epoch"]) == (1, 0, 1)  # what epoch 1 wrote, nothing later
-    _same_state(good.state, last["model"])
-    _same_state(good.state, best["model"])
+    assert_same_tensors(good.state, last["model"])
+    assert_same_tensors(good.state, best["model"])
     assert [json.loads(row)["epoch"] for row in (run / "history.jsonl").read_text().splitlines()] == [1]
     assert f"stopped: training diverged at epoch 2 step 2: {problem}" in (run / "log.txt").read_text()
 
@@ -342,7 +335,7 @@ def test_resume_before_the_first_checkpoint_starts_from_the_beginning(bench, tmp
     for name in stale + ["notes.tmp", ".last.pt.tmp"]:  # the last two are not hmfss temp names
         (run / name).write_text("x")
     resumed = train(resume_config(run), resume=True, console=False)
-    _same_state(full.state, resumed.state)
+    assert_same_tensors(full.state, resumed.state)
     log = (run / "log.txt").read_text()
     assert "no last.pt in" in log and "starting the run from the beginning" in log
     assert "removed 2 temp file(s) of interrupted writes: " in log
