@@ -110,6 +110,23 @@ def test_group_norm_cl_gradients_match_group_norm():
         torch.testing.assert_close(g, w)
 
 
+def test_group_norm_cl_output_takes_an_in_place_relu_without_copying_its_gradient():
+    # the 4D blocks run relu_ on GroupNorm's output: on a view of the function's result autograd
+    # records CopySlices, which clones and zero-fills the whole gradient in the backward pass
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 4, 5, 2, 8, requires_grad=True)
+    norm = torch.nn.GroupNorm(4, 8)
+    out = torch.relu_(group_norm_cl(x, norm))
+    assert out._base is None and out.shape == x.shape
+    assert "CopySlices" not in out.grad_fn.name()
+    ref = torch.relu(norm(x.movedim(-1, 1)).movedim(1, -1))
+    weights = torch.randn_like(out)
+    got = torch.autograd.grad((out * weights).sum(), [x, norm.weight, norm.bias])
+    want = torch.autograd.grad((ref * weights).sum(), [x, norm.weight, norm.bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("k,s,size", [(3, 1, (2, 2)), (3, 2, (3, 2)), (5, 4, (4, 5)), (3, 1, (4, 4))])
 def test_plane_conv_matrix_equals_conv2d_with_gradients(k, s, size):
     torch.manual_seed(k + s)

@@ -49,14 +49,17 @@ def _two_stage_sum(v: Tensor) -> Tensor:
     return v.sum(2).sum(1)
 
 
-def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def _group_stats(x: Tensor, groups: int, eps: float, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and 1/std per (sample, group) of (N, outer, inner, C), each (N, G, 1), in two
-    passes (mean, then centred squares) without a temporary of squares; and ``x`` centred."""
+    passes (mean, then centred squares) without a temporary of squares; and ``x`` centred,
+    as a fresh contiguous tensor of ``shape`` (the caller's shape of ``x``, so that what is
+    returned is no view: autograd would copy a view's whole gradient for an in-place op)."""
     n, _, _, c = x.shape
     count = x[0].numel() // groups
     mean = _two_stage_sum(x).view(n, groups, c // groups).sum(-1, keepdim=True) / count
-    centred = x - mean.expand(n, groups, c // groups).reshape(n, 1, 1, c)
-    squares = torch.linalg.vector_norm(centred, dim=2).square()
+    centred = torch.empty(shape, dtype=x.dtype, device=x.device)
+    torch.sub(x, mean.expand(n, groups, c // groups).reshape(n, 1, 1, c), out=centred.view(x.shape))
+    squares = torch.linalg.vector_norm(centred.view(x.shape), dim=2).square()
     var = squares.sum(1).view(n, groups, c // groups).sum(-1, keepdim=True) / count
     return mean, torch.rsqrt(var + eps), centred
 
@@ -67,23 +70,25 @@ def _per_channel(stat: Tensor, n: int, c: int) -> Tensor:
     return stat.expand(n, groups, c // groups).reshape(n, 1, 1, c)
 
 
-def _normalise(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """GroupNorm of (N, outer, inner, C), written into its centred temporary (not differentiable
-    as written); with the mean and 1/std, each (N, G, 1)."""
+def _normalise(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
+               shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
+    """GroupNorm of (N, outer, inner, C), written into its centred temporary of ``shape`` (not
+    differentiable as written); with the mean and 1/std, each (N, G, 1)."""
     n, c = x.shape[0], x.shape[-1]
-    mean, rstd, centred = _group_stats(x, groups, eps)
+    mean, rstd, out = _group_stats(x, groups, eps, shape)
     scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
-    return centred.mul_(scale).add_(bias.view(1, 1, 1, c)), mean, rstd
+    out.view(x.shape).mul_(scale).add_(bias.view(1, 1, 1, c))
+    return out, mean, rstd
 
 
 class _GroupNormCL(torch.autograd.Function):
     """GroupNorm of (N, outer, inner, C) with an analytic backward: the input is saved (not
     the temporaries of a composite), gradients come from two per-channel sums and one
-    element-wise pass."""
+    element-wise pass. The output is a fresh tensor of the caller's ``shape``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
-        out, mean, rstd = _normalise(x, weight, bias, groups, eps)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, shape: torch.Size) -> Tensor:
+        out, mean, rstd = _normalise(x, weight, bias, groups, eps, shape)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups = groups
         return out
@@ -94,7 +99,7 @@ class _GroupNormCL(torch.autograd.Function):
         n, c, g = x.shape[0], x.shape[-1], ctx.groups
         count = x[0].numel() // g
         xhat = (x - _per_channel(mean, n, c)).mul_(_per_channel(rstd, n, c))
-        grad = grad.contiguous()
+        grad = grad.contiguous().view(x.shape)
         sum_dy = _two_stage_sum(grad)  # (N, C)
         sum_dy_xhat = _two_stage_sum(grad * xhat)
         w = weight.view(1, c)
@@ -103,7 +108,7 @@ class _GroupNormCL(torch.autograd.Function):
         rstd_c = _per_channel(rstd, n, c)
         dx = grad * (rstd_c * weight.view(1, 1, 1, c))
         dx -= (xhat.mul_(_per_channel(b, n, c)).add_(_per_channel(a, n, c))).mul_(rstd_c)
-        return dx, sum_dy_xhat.sum(0), sum_dy.sum(0), None, None
+        return dx, sum_dy_xhat.sum(0), sum_dy.sum(0), None, None, None
 
 
 def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
@@ -121,10 +126,10 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     v = x.reshape(n, outer, inner, c)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
     if grad and v.dtype in (torch.float32, torch.float64):
-        return _GroupNormCL.apply(v, norm.weight, norm.bias, g, norm.eps).view(x.shape)
+        return _GroupNormCL.apply(v, norm.weight, norm.bias, g, norm.eps, x.shape)
     stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
     if not grad:
-        return _normalise(stats, norm.weight, norm.bias, g, norm.eps)[0].to(x.dtype).view(x.shape)
+        return _normalise(stats, norm.weight, norm.bias, g, norm.eps, x.shape)[0].to(x.dtype)
     # half-precision maps under autocast with autograd: the composite, differentiated by autograd
     count = positions * (c // g)
     mean = _two_stage_sum(stats).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
