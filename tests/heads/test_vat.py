@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hmfss import build_model, learnable_parameters
 from hmfss.backbones import BackboneInfo
 from hmfss.errors import HmfssError
-from hmfss.heads.swin import SwinBlock, SwinStage
+from hmfss.heads.swin import EXP_FLOOR, SwinBlock, SwinStage, WindowAttention
 from hmfss.heads.vat import VATHead, VolumeConv4d
 
 R50 = BackboneInfo((512,) * 4 + (1024,) * 6 + (2048,) * 3, (3, 6, 4), 256)
@@ -196,6 +196,24 @@ def test_shifted_window_stage_equals_naive_attention(sizes, window):
         got = stage(x)
     assert isinstance(stage.blocks[1], SwinBlock) and stage.blocks[1].shift == window // 2
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_attention_equals_softmax_where_logits_fall_far_below_the_row_maximum():
+    # inference normalises in place and floors the shifted logits at EXP_FLOOR before exp (CPU
+    # exp is slow below it); the weights it drops there are < 1e-37: same output as softmax
+    torch.manual_seed(3)
+    attn = WindowAttention(8, 2, 2, 2)
+    with torch.no_grad():
+        attn.qkv.weight.mul_(40.0)  # logit spreads of hundreds
+    x = torch.randn(3, 4, 8)
+    mask = torch.zeros(3, 4, 4)
+    mask[:, :2, 2:] = -1e4  # far below the floor, as the shift mask's -100 is
+    index = torch.zeros(4, 4, dtype=torch.long)
+    with torch.no_grad():
+        got = attn(x, index, mask)
+    want = attn(x.requires_grad_(), index, mask)  # the autograd path: softmax
+    assert want.grad_fn is not None and EXP_FLOOR < -80
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
 
 
 def naive_volume_conv(conv, x):
