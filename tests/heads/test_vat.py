@@ -9,6 +9,7 @@ from hmfss.backbones import BackboneInfo
 from hmfss.errors import HmfssError
 from hmfss.heads.swin import EXP_FLOOR, SwinBlock, SwinStage, WindowAttention
 from hmfss.heads.vat import VATHead, VolumeConv4d
+from hmfss.heads.volume import max_pool_blocks
 
 R50 = BackboneInfo((512,) * 4 + (1024,) * 6 + (2048,) * 3, (3, 6, 4), 256)
 R101 = BackboneInfo((512,) * 4 + (1024,) * 23 + (2048,) * 3, (3, 23, 4), 256)
@@ -246,6 +247,31 @@ def test_volume_conv4d_equals_pooled_plane_convolutions(strides):
         got, expected = conv(x), naive_volume_conv(conv, x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_max_pool_blocks_equals_ceil_mode_pooling_bit_for_bit(size):
+    torch.manual_seed(size)
+    x = torch.randn(2, 3, 7, 9, 5).round()  # odd sizes (ceil mode) and many ties
+    x[0, 0, 1, 2, 0] = float("nan")
+    x[1, 2, 6, 8, :] = float("-inf")  # a last, one-element block holding only -inf
+    planes = x[..., 0]
+    want2 = torch.nn.functional.max_pool2d(planes, size, size, ceil_mode=True)
+    want3 = torch.nn.functional.max_pool3d(x, (size, size, 1), (size, size, 1), ceil_mode=True)
+    for got, want in ((max_pool_blocks(planes, (2, 3), size), want2), (max_pool_blocks(x, (2, 3), size), want3)):
+        assert got.shape == want.shape
+        assert torch.equal(got.nan_to_num(nan=7.5), want.nan_to_num(nan=7.5))
+    assert want2.isnan().sum() == 1
+
+
+def test_volume_conv4d_training_pools_as_pytorch_does():
+    # under autograd VolumeConv4d keeps PyTorch's pooling: its gradient picks one element of a tie
+    torch.manual_seed(2)
+    conv = VolumeConv4d(2, 3, 2, 2)
+    x = torch.rand(1, 2, 4, 4, 4, 4).round().requires_grad_()  # ties of 0s and 1s in every block
+    got = torch.autograd.grad(conv(x).sum(), x)[0]
+    want = torch.autograd.grad(naive_volume_conv(conv, x).sum(), x)[0]
+    torch.testing.assert_close(got, want)
 
 
 # ---- full-size shape bookkeeping (meta tensors: no compute) --------------------------------------

@@ -40,7 +40,7 @@ from hmfss.masking import mask_support_features
 from hmfss.heads.base import Head, register_head
 from hmfss.heads.recipe import VAT_RECIPE
 from hmfss.heads.swin import SwinStage
-from hmfss.heads.volume import resize_query_dims
+from hmfss.heads.volume import max_pool_blocks, resize_query_dims
 
 # skip features concatenated at decoder stage 0 / 1 / 2, per benchmark
 AFFINITY = {"pascal": (False, True, True), "coco": (False, False, True), "fss": (True, True, True)}
@@ -54,6 +54,17 @@ def resize_map(feat: Tensor, size: int) -> Tensor:
     if tuple(feat.shape[-2:]) == (size, size):
         return feat
     return F.interpolate(feat, (size, size), mode="bilinear", align_corners=True)
+
+
+def _pool(x: Tensor, dims: tuple[int, int], size: int) -> Tensor:
+    """Max-pool (kernel = stride = ``size``, ceil mode) over two dims of a 4D/5D tensor: PyTorch's
+    pooling under autograd and on accelerators, :func:`max_pool_blocks` (same values) for CPU
+    inference."""
+    if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        return max_pool_blocks(x, dims, size)
+    if x.dim() == 4:
+        return F.max_pool2d(x, size, size, ceil_mode=True)
+    return F.max_pool3d(x, (size, size, 1), (size, size, 1), ceil_mode=True)
 
 
 class VolumeConv4d(nn.Module):
@@ -81,7 +92,7 @@ class VolumeConv4d(nn.Module):
         # query plane: pool the support dims, then convolve over (Hq, Wq)
         pooled = x
         if ss > 1:
-            pooled = F.max_pool2d(x.reshape(n, c * hq * wq, hs, ws), ss, ss, ceil_mode=True)
+            pooled = _pool(x.reshape(n, c * hq * wq, hs, ws), (2, 3), ss)
         hs2, ws2 = pooled.shape[-2:]
         query = F.conv3d(
             pooled.reshape(n, c, hq, wq, hs2 * ws2),
@@ -93,7 +104,7 @@ class VolumeConv4d(nn.Module):
         # support plane: pool the query dims, then convolve over (Hs, Ws)
         pooled = x
         if sq > 1:
-            pooled = F.max_pool3d(x.reshape(n, c, hq, wq, hs * ws), (sq, sq, 1), (sq, sq, 1), ceil_mode=True)
+            pooled = _pool(x.reshape(n, c, hq, wq, hs * ws), (2, 3), sq)
         hq2, wq2 = pooled.shape[2:4]
         support = F.conv3d(
             pooled.reshape(n, c, hq2 * wq2, hs, ws),
