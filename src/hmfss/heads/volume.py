@@ -25,8 +25,9 @@ def max_pool_blocks(x: Tensor, dims: tuple[int, ...], size: int) -> Tensor:
     """Max over non-overlapping ``size``-long blocks along ``dims``, a last shorter block
     keeping its own maximum: the values of ``F.max_pool2d/3d(..., size, size, ceil_mode=True)``
     over those dims. A separable max of strided views (dims padded with -inf to a multiple of
-    ``size``): on the CPU it skips the argmax indices PyTorch's pooling computes, 2-4x faster,
-    and a maximum involves no rounding. For inference (the gradient of a tie would differ).
+    ``size``): on the CPU it skips the argmax indices PyTorch's pooling computes (see
+    docs/performance.md), and a maximum involves no rounding. For inference: the gradient of
+    a tie would differ from pooling's.
     """
     pad = [0] * (2 * x.dim())
     for d in dims:
