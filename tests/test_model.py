@@ -332,6 +332,40 @@ def test_fast_path_keeps_one_pass_and_all_shots_off_the_cpu():
     assert mask_window(torch.zeros(1, 1, 4, 4, device="meta")) == (slice(None), slice(None))
 
 
+def test_training_sends_each_layout_through_the_backbone_in_fuller_passes(monkeypatch):
+    """On the CPU an eval-mode model passes 400x400 pixels at a time, a training one 8x as many
+    (scaled down here to 32 px images): HM's 3 supports go through the exact NCHW pass, the 3
+    queries and 3 masked supports through the channels-last copy."""
+    import hmfss.fast.path as fast_path
+    from hmfss.fast.features import grouped_passes
+
+    monkeypatch.setattr(fast_path, "CPU_PIXELS_PER_PASS", 32 * 32)
+    monkeypatch.setattr(fast_path, "CPU_TRAINING_PIXELS_PER_PASS", 8 * 32 * 32)
+    model = build_model("hsnet", "efficientnet-lite0", "hm")
+    q, s, m = make_episode(batch=3, shots=1, size=32, seed=11)
+    passes: list[tuple[str, int]] = []
+
+    def record(name):
+        return lambda module, args: passes.append((name, args[0].shape[0]))
+
+    model.fast_path.folded_backbone(model.backbone).register_forward_pre_hook(record("channels-last"))
+    model.backbone.register_forward_pre_hook(record("nchw"))  # after the copy is made
+    for mode, expected in (("eval", [("channels-last", 1)] * 6 + [("nchw", 1)] * 3),
+                           ("train", [("channels-last", 6), ("nchw", 3)])):
+        getattr(model, mode)()
+        passes.clear()
+        with torch.no_grad():
+            model(q, s[:, 0], m[:, 0])
+        assert sorted(passes) == expected, mode
+    # channels-last maps do not depend on the group (NCHW ones may, by rounding: the exact
+    # pass now takes a training batch's supports whole, as the original's step does)
+    net = model.fast_path.folded_backbone(model.backbone)
+    with torch.no_grad():
+        one, all_ = (grouped_passes(net, torch.cat([q, s[:, 0]]), torch.channels_last, [6], pixels)[0]
+                     for pixels in (32 * 32, 6 * 32 * 32))
+    assert all(torch.equal(a, b) for a, b in zip(one, all_))
+
+
 # ---- the public API refuses invalid inputs with an HmfssError naming the argument ---------------
 
 Q, S, M = make_episode(batch=1, shots=2, size=32, seed=7)

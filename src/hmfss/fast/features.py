@@ -9,18 +9,22 @@ from hmfss.backbones import Backbone
 from hmfss.fast.folding import fold_backbone
 
 CPU_PIXELS_PER_PASS = 400 * 400  # at most this many pixels per backbone pass (one 400x400 image)
+# while training: the 8 channels-last images of a batch-4 HM step (queries and masked supports)
+CPU_TRAINING_PIXELS_PER_PASS = 8 * 400 * 400
 
 
-def grouped_passes(backbone: Backbone, images: Tensor, layout: torch.memory_format, sizes: list[int]) -> list[list[Tensor]]:
+def grouped_passes(backbone: Backbone, images: Tensor, layout: torch.memory_format, sizes: list[int],
+                   pixels_per_pass: int = CPU_PIXELS_PER_PASS) -> list[list[Tensor]]:
     """Backbone maps of consecutive parts of a batch (``sizes`` images each), in ``layout``.
 
-    On the CPU the batch goes in groups of at most :data:`CPU_PIXELS_PER_PASS` pixels, so that
-    small images share a pass while large ones keep their activations in cache; elsewhere in one. A part that is
-    one group takes that group's maps as they are (no concatenation).
+    On the CPU the batch goes in groups of at most ``pixels_per_pass`` pixels, so that small
+    images share a pass while large ones keep their activations in cache; elsewhere in one. A
+    part that is one group takes that group's maps as they are (no concatenation). Each image's
+    maps are the same whatever its group (an ordinary batch).
     """
     images = images.contiguous(memory_format=layout)
     n, _, h, w = images.shape
-    per_pass = max(1, CPU_PIXELS_PER_PASS // (h * w)) if images.device.type == "cpu" else n
+    per_pass = max(1, pixels_per_pass // (h * w)) if images.device.type == "cpu" else n
     groups = [(start, backbone(images[start:start + per_pass])) for start in range(0, n, per_pass)]
     parts, first = [], 0
     for size in sizes:

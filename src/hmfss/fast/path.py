@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from hmfss.backbones import Backbone
 from hmfss.correlation import hypercorrelation
 from hmfss.fast.correlation import query_major_hypercorrelation
-from hmfss.fast.features import FoldedBackboneCache, grouped_passes
+from hmfss.fast.features import (CPU_PIXELS_PER_PASS, CPU_TRAINING_PIXELS_PER_PASS, FoldedBackboneCache,
+                                 grouped_passes)
 from hmfss.fast.masking import mask_support_features_in_place
 from hmfss.fast.traits import fast_inputs
 from hmfss.masking import selecting_input
@@ -53,13 +54,15 @@ class FastPath:
             exact = set(images)
         else:
             exact = {selecting_input(masking)} if self.exact_selection else set()
+        # a training step's frozen backbone passes are larger batches: fewer, fuller passes pay
+        pixels = CPU_TRAINING_PIXELS_PER_PASS if head.training else CPU_PIXELS_PER_PASS
         maps: dict[str, list[Tensor]] = {}
         for layout, names in ((torch.contiguous_format, [n for n in images if n in exact]),
                               (torch.channels_last, [n for n in images if n not in exact])):
             if names:
                 batch = torch.cat([images[n] for n in names]) if len(names) > 1 else images[names[0]]
                 net = self.folded_backbone(backbone) if layout == torch.channels_last else backbone
-                maps.update(zip(names, grouped_passes(net, batch, layout, [images[n].shape[0] for n in names])))
+                maps.update(zip(names, grouped_passes(net, batch, layout, [images[n].shape[0] for n in names], pixels)))
         return maps
 
     def mask_support(self, head: nn.Module, feats: list[Tensor], im_feats: list[Tensor] | None, mask: Tensor,
