@@ -357,8 +357,8 @@ def test_training_sends_each_layout_through_the_backbone_in_fuller_passes(monkey
         with torch.no_grad():
             model(q, s[:, 0], m[:, 0])
         assert sorted(passes) == expected, mode
-    # channels-last maps do not depend on the group (NCHW ones may, by rounding: the exact
-    # pass now takes a training batch's supports whole, as the original's step does)
+    # channels-last maps do not depend on the group (NCHW ones may, by rounding; the training
+    # step's exact pass takes the batch's supports whole, as the original's step does)
     net = model.fast_path.folded_backbone(model.backbone)
     with torch.no_grad():
         one, all_ = (grouped_passes(net, torch.cat([q, s[:, 0]]), torch.channels_last, [6], pixels)[0]

@@ -19,8 +19,8 @@ def grouped_passes(backbone: Backbone, images: Tensor, layout: torch.memory_form
 
     On the CPU the batch goes in groups of at most ``pixels_per_pass`` pixels, so that small
     images share a pass while large ones keep their activations in cache; elsewhere in one. A
-    part that is one group takes that group's maps as they are (no concatenation). Each image's
-    maps are the same whatever its group (an ordinary batch).
+    part that is one group takes that group's maps as they are (no concatenation). Channels-last
+    maps do not depend on the group; NCHW ones may, by rounding, at small image sizes.
     """
     images = images.contiguous(memory_format=layout)
     n, _, h, w = images.shape
