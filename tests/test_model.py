@@ -332,6 +332,18 @@ def test_fast_path_keeps_one_pass_and_all_shots_off_the_cpu():
     assert mask_window(torch.zeros(1, 1, 4, 4, device="meta")) == (slice(None), slice(None))
 
 
+def test_fast_path_runs_on_the_meta_device():
+    """Shapes only, no data (a device type without autocast): HSNet's query-major correlation
+    must not ask for the meta device's autocast state."""
+    with torch.device("meta"):
+        model = build_model("hsnet", "resnet50", "hm").eval()
+        images, masks = torch.empty(2, 3, 64, 64), torch.empty(2, 64, 64)
+        with torch.no_grad():
+            logits = model(images, images, masks)
+    assert model.execution_path() is model.fast_path
+    assert logits.shape == (2, 2, 64, 64) and logits.device.type == "meta"
+
+
 def test_training_sends_each_layout_through_the_backbone_in_fuller_passes(monkeypatch):
     """On the CPU an eval-mode model passes 400x400 pixels at a time, a training one 8x as many
     (scaled down here to 32 px images): HM's 3 supports go through the exact NCHW pass, the 3

@@ -8,6 +8,8 @@ tensors of the pass. Buffers spare the CPU the page faults of fresh large alloca
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -26,13 +28,18 @@ def query_major_hypercorrelation(
             for level, sl in enumerate(level_slices(levels, len(query_feats)))]
 
 
+def _autocast_on(device: str) -> bool:
+    """Whether autocast is on for this device type (never for types without autocast: "meta")."""
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def _level_memory(qs: list[Tensor], ss: list[Tensor], buffers: dict | None, level: int) -> Tensor:
     """(lead, hq*wq, L, hs*ws) output memory of a level, from ``buffers`` when it fits.
     Under autocast it has the autocast dtype, as the plain path's matmul result has."""
     lead = torch.broadcast_shapes(*(t.shape[:-3] for t in qs + ss))
     (hq, wq), (hs, ws) = qs[0].shape[-2:], ss[0].shape[-2:]
     device = qs[0].device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else qs[0].dtype
+    dtype = torch.get_autocast_dtype(device) if _autocast_on(device) else qs[0].dtype
     shape = (*lead, hq * wq, len(qs), hs * ws)
     out = buffers.get(level) if buffers is not None else None
     if out is None or out.shape != shape or out.dtype != dtype or out.device != qs[0].device:
@@ -52,7 +59,7 @@ def _query_major_level(qs: list[Tensor], ss: list[Tensor], buffers: dict | None,
     for layer, (q, s) in enumerate(zip(qs, ss)):
         qn = normalise(q).expand(*lead, q.shape[-3], hq * wq).reshape(-1, q.shape[-3], hq * wq)
         sn = normalise(s).expand(*lead, s.shape[-3], hs * ws).reshape(-1, s.shape[-3], hs * ws)
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(device, enabled=False) if _autocast_on(device) else contextlib.nullcontext():
             torch.bmm(qn.transpose(1, 2).to(out.dtype), sn.to(out.dtype), out=rows[:, :, layer])
     out.clamp_(min=0)
     return out.view(*lead, hq, wq, len(qs), hs, ws).movedim(-3, -5)
