@@ -18,7 +18,7 @@ SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 torch.set_num_threads(2)
 
 # the tests allocate and free large tensors all the time: keep freed memory for reuse instead
-# of mapping it in again (page faults were ~70 of the suite's ~550 CPU seconds on 2 cores)
+# of mapping it in again (the kernel's page faults were a large share of the suite's time)
 from hmfss.fast.memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()
