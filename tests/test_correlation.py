@@ -79,3 +79,24 @@ def test_query_major_buffers_are_reused_until_the_shape_changes():
     bigger = query_major_hypercorrelation([q.expand(2, -1, -1, -1, -1) for q in qs], ss, (1, 1, 1), buffers=buffers)
     assert bigger[0].shape[0] == 2 and bigger[0].data_ptr() != first[0].data_ptr()
     assert buffers[0] is not None and buffers[0].shape[0] == 2
+
+
+def test_buffers_made_under_inference_mode_are_replaced_outside_it():
+    """A model first run under torch.inference_mode() and then under torch.no_grad() (as a
+    recorded CUDA graph runs it) cannot write into the first run's buffers: new ones are made,
+    and kept for both modes."""
+    qs = [torch.randn(1, 1, 3, 4, 4) for _ in range(3)]
+    ss = [torch.randn(1, 1, 3, 4, 4) for _ in range(3)]
+    buffers: dict = {}
+    with torch.inference_mode():
+        first = [c.clone() for c in query_major_hypercorrelation(qs, ss, (1, 1, 1), buffers=buffers)]
+    assert buffers[0].is_inference()
+    with torch.no_grad():
+        plain = query_major_hypercorrelation(qs, ss, (1, 1, 1), buffers=buffers)
+    assert not buffers[0].is_inference()
+    for p, f in zip(plain, first):
+        assert torch.equal(p, f)
+    kept = buffers[0].data_ptr()
+    with torch.inference_mode():
+        query_major_hypercorrelation(qs, ss, (1, 1, 1), buffers=buffers)
+    assert buffers[0].data_ptr() == kept

@@ -506,3 +506,14 @@ def test_checkpoint_loaders_name_their_bad_arguments(model, tmp_path):
         load_model(tmp_path / "x.pt", device="meta")
     with pytest.raises(HmfssError, match=r"img_size \(--img-size\) must be between 1 and 1024, got -1"):
         load_model(tmp_path / "x.pt", "hsnet", "resnet50", img_size=-1)
+
+
+def test_a_model_run_under_inference_mode_runs_again_under_no_grad():
+    """The fast path's reusable correlation memory must not tie the model to the first
+    call's grad mode (it did: RuntimeError on the no_grad call)."""
+    model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
+    q, s, m = make_episode(size=48, shots=2)
+    with torch.inference_mode():
+        first = model.predict_mask(q, s, m)
+    with torch.no_grad():
+        assert torch.equal(model.predict_mask(q, s, m), first)

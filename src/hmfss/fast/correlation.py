@@ -42,7 +42,9 @@ def _level_memory(qs: list[Tensor], ss: list[Tensor], buffers: dict | None, leve
     dtype = torch.get_autocast_dtype(device) if _autocast_on(device) else qs[0].dtype
     shape = (*lead, hq * wq, len(qs), hs * ws)
     out = buffers.get(level) if buffers is not None else None
-    if out is None or out.shape != shape or out.dtype != dtype or out.device != qs[0].device:
+    # a buffer made under torch.inference_mode() cannot be written outside it (under no_grad)
+    stale = out is not None and out.is_inference() and not torch.is_inference_mode_enabled()
+    if out is None or stale or out.shape != shape or out.dtype != dtype or out.device != qs[0].device:
         out = qs[0].new_empty(shape, dtype=dtype)
         if buffers is not None:
             buffers[level] = out
