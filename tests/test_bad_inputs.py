@@ -195,6 +195,8 @@ CASES = {
     "benchmark-json-is-folder": (B + " --json {out}/adir", "--json .*adir is a folder"),
     "benchmark-nshot-zero": (B + " --nshot 0", "--nshot must be at least 1"),
     "benchmark-warmup-negative": (B + " --warmup -1", "--warmup must be at least 0"),
+    "benchmark-cuda-graph-on-cpu": (B + " --cuda-graph", "--cuda-graph times inference on a CUDA device: "
+                                    "it needs --device cuda and no --train"),
     # episodes
     "episodes-out-is-folder": (E + " --out {out}/adir", "--out .*adir is a folder; give a file name"),
     "episodes-out-under-file": (E + " --out {out}/taken/e.jsonl", "taken is a file, not a folder"),

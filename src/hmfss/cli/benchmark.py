@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None,
                    help="episodes (and stream queries) per forward (default 1; with --train 4)")
     p.add_argument("--compile", action="store_true", help="torch.compile the head (with --train: the model)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time the episode and the fixed-support stream replayed from CUDA graphs "
+                   "(recorded once per input shape; needs --device cuda)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (default 5)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stream-queries", type=int, default=8, help="queries in the fixed-support stream")
@@ -64,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.cuda_graph and (args.train or device.type != "cuda"):
+        raise HmfssError("--cuda-graph times inference on a CUDA device: it needs --device cuda and no --train"
+                         f" (got --device {args.device}{', --train' if args.train else ''})")
     if args.amp and bf16_warning(device):
         print(f"note: {bf16_warning(device)}", file=sys.stderr, flush=True)
     result, table = (_train_benchmark if args.train else _inference_benchmark)(args, device)
@@ -85,7 +91,7 @@ def _inference_benchmark(args: argparse.Namespace, device) -> tuple[dict, str]:
         img_size=args.img_size, device=str(device), amp=args.amp, batch=args.batch,
         compile=args.compile, repeats=args.repeats, warmup=args.warmup,
         stream_queries=args.stream_queries, naive=not args.no_naive,
-        exact_selection=not args.fast_selection, options=_options(args),
+        exact_selection=not args.fast_selection, cuda_graph=args.cuda_graph, options=_options(args),
     )
     result = run_benchmark(cfg)
     return result, format_table(result)

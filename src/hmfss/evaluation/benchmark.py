@@ -18,6 +18,7 @@ import torch
 from hmfss.capability import bf16_is_native
 from hmfss.evaluation.timing import (count_flops, device_name, matmul_peak, peak_memory, repeat_timings,
                                      reset_peak_memory, summarise, synchronizer, table_text)
+from hmfss.fast.graphs import Recorder, cuda_graphed
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters, vote
 
 
@@ -46,6 +47,7 @@ class BenchmarkConfig(TimedModel):
     stream_queries: int = 8
     naive: bool = True  # also time the straightforward K-forward path
     exact_selection: bool = True  # see hmfss.fast.path.FastPath; False: HM's support pass channels-last too
+    cuda_graph: bool = False  # also time the episode and the stream replayed from CUDA graphs
 
 
 def naive_predict(model: FewShotSegmenter, query, supports, masks):
@@ -64,8 +66,10 @@ def random_episode(cfg: BenchmarkConfig, device: torch.device):
     return query.to(device), supports.to(device), masks.to(device)
 
 
-def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -> dict[str, Any]:
-    """Run every measurement; returns a JSON-serialisable dict."""
+def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None,
+                  recorder: Recorder | None = None) -> dict[str, Any]:
+    """Run every measurement; returns a JSON-serialisable dict (``recorder``: see
+    :func:`hmfss.fast.graphs.cuda_graphed`, for ``cfg.cuda_graph``)."""
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     if model is None:
@@ -117,6 +121,8 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
     st = summarise(repeat_timings(stream, max(2, cfg.repeats // 2), 1, sync))
     result["stream"] = {"queries": cfg.stream_queries, **st}
     result["stream_queries_per_s"] = cfg.stream_queries / st["median_s"]
+    if cfg.cuda_graph:
+        result.update(graph_timings(model, cfg, (query, supports, masks), episode(), state, recorder))
     if cfg.amp or not cfg.exact_selection:  # against fp32 with exact selection
         model.exact_selection = True
         with torch.inference_mode():
@@ -128,6 +134,39 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None) -
     result["matmul_peak_gflops_per_s"] = matmul_peak(device, torch.bfloat16 if cfg.amp else torch.float32)
     result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] / result["matmul_peak_gflops_per_s"]
     return result
+
+
+def graph_timings(model: FewShotSegmenter, cfg: BenchmarkConfig, episode: tuple[torch.Tensor, ...],
+                  eager_masks: torch.Tensor, state, recorder: Recorder | None) -> dict[str, Any]:
+    """The episode and the fixed-support stream replayed from recorded graphs: seconds per
+    episode, queries/s, and whether the replayed masks equal the eager ones."""
+    device = episode[0].device
+    sync = synchronizer(device)
+
+    def amp():  # autocast's weight cache would outlive the recording
+        if not cfg.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def predict(query, supports, masks):
+        with amp():
+            return model.predict_mask(query, supports, masks)
+
+    def segment(queries):
+        with amp():
+            return model.segment(queries, state)
+
+    graphed = cuda_graphed(predict, *episode, recorder=recorder)
+    times = summarise(repeat_timings(lambda: graphed(*episode), cfg.repeats, cfg.warmup, sync))
+    out = {"graph_episode": {k: v / cfg.batch for k, v in times.items()},
+           "graph_masks_equal": bool(torch.equal(graphed(*episode), eager_masks))}
+    queries = torch.randn(cfg.batch, 3, cfg.img_size, cfg.img_size, device=device)
+    graphed_segment = cuda_graphed(segment, queries, recorder=recorder)
+    per_batch = summarise(repeat_timings(lambda: graphed_segment(queries), cfg.repeats, cfg.warmup, sync))
+    out["graph_stream_queries_per_s"] = cfg.batch / per_batch["median_s"]
+    with torch.inference_mode():
+        out["graph_stream_masks_equal"] = bool(torch.equal(graphed_segment(queries), segment(queries)))
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -145,8 +184,12 @@ def format_table(result: dict[str, Any]) -> str:
     if "naive_episode" in result:
         ratio = result["episode"]["median_s"] / result["naive_episode"]["median_s"]
         rows.append(("s / episode, K separate forwards", f"{result['naive_episode']['median_s']:.4f}  (fast path = {ratio:.2f}x, masks equal: {result['naive_masks_equal']})"))
+    if "graph_episode" in result:
+        rows.append(("s / episode, CUDA graph", f"{result['graph_episode']['median_s']:.4f}  (min {result['graph_episode']['min_s']:.4f}; masks equal eager: {result['graph_masks_equal']})"))
     rows += [
         ("queries / s, fixed support", f"{result['stream_queries_per_s']:.3f}"),
+        *([("queries / s, fixed support, CUDA graph", f"{result['graph_stream_queries_per_s']:.3f}  (masks equal eager: {result['graph_stream_masks_equal']})")]
+          if "graph_stream_queries_per_s" in result else []),
         ("achieved GFLOP/s", f"{result['achieved_gflops_per_s']:.1f}  ({100 * result['fraction_of_matmul_peak']:.0f}% of matmul {result['matmul_peak_gflops_per_s']:.1f})"),
         ("peak memory (MB)", f"{result['peak_memory_mb']:.0f}  ({result['peak_memory_kind']})"),
     ]
