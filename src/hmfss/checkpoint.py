@@ -25,6 +25,7 @@ from hmfss.errors import HmfssError
 from hmfss.heads import HEADS
 from hmfss.inputs import check_device, check_img_size
 from hmfss.model import FewShotSegmenter, build_model
+from hmfss.skip_init import random_init_skipped
 from hmfss.weights import legacy_declared_bytes, load_restricted, load_state
 
 FORMAT = "hmfss"
@@ -231,8 +232,9 @@ def load_model(
     defaults = HEADS[arch].benchmark_options(benchmark) if benchmark is not None and arch in HEADS else {}
     merged = {**defaults, **saved_options, **options}
     try:
-        model = build_model(arch, backbone, masking or config.get("masking") or "hm",
-                            img_size=img_size or saved_size, **merged)
+        with random_init_skipped():  # every weight is loaded below, strictly
+            model = build_model(arch, backbone, masking or config.get("masking") or "hm",
+                                img_size=img_size or saved_size, **merged)
     except HmfssError as exc:
         raise HmfssError(f"checkpoint {path}: {exc}") from None
     model.to(device)

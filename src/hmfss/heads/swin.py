@@ -226,8 +226,7 @@ class SwinStage(nn.Module):
 def _truncated_normal(tensor: Tensor, std: float = 0.02) -> None:
     """Swin's init, N(0, 0.02) truncated to [-2, 2]: the bounds are 100 sigma away and never
     reached, so plain normal sampling gives the same distribution (and is much faster)."""
-    with torch.no_grad():
-        tensor.normal_(0.0, std)
+    nn.init.normal_(tensor, 0.0, std)
 
 
 def _init_weights(module: nn.Module) -> None:
