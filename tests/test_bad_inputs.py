@@ -88,6 +88,10 @@ def _data(root: Path) -> dict:
             "folder": folder.datapath}
 
 
+# one process builds the module's world (a second would build it again)
+pytestmark = pytest.mark.xdist_group("bad_inputs")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")

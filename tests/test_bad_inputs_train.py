@@ -55,6 +55,10 @@ def _nan_weights(payload: dict) -> dict:
     return {**payload, "model": state}
 
 
+# one process builds the module's world (a second would build it again)
+pytestmark = pytest.mark.xdist_group("bad_train_inputs")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-train")
