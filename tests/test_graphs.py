@@ -36,8 +36,10 @@ def test_replay_computes_on_each_calls_inputs_and_returns_an_independent_tensor(
 
 
 @pytest.mark.parametrize("args, message", [
-    ((torch.zeros(2, 4), torch.zeros(3)), r"input 0 must be \(2, 3\) torch.float32 on cpu \(the recorded shape\), got \(2, 4\)"),
-    ((torch.zeros(2, 3), torch.zeros(3, dtype=torch.float64)), r"input 1 must be \(3,\) torch.float32 .* got \(3,\) torch.float64"),
+    ((torch.zeros(2, 4), torch.zeros(3)),
+     r"input 0 must be \(2, 3\) torch.float32 on cpu \(the recorded shape\), got \(2, 4\)"),
+    ((torch.zeros(2, 3), torch.zeros(3, dtype=torch.float64)),
+     r"input 1 must be \(3,\) torch.float32 .* got \(3,\) torch.float64"),
     ((torch.zeros(2, 3),), "takes 2 tensors, got 1"),
     ((torch.zeros(2, 3), [0.0, 0.0, 0.0]), "input 1 must be .* got list"),
 ])

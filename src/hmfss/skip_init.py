@@ -1,8 +1,8 @@
 """Building a model without its random initialisation, for a load that overwrites every weight.
 
 ``load_model`` builds the model a checkpoint describes and then strictly loads every parameter
-and persistent buffer, so the random values drawn at construction are never used; for a
-ResNet-101 model drawing them is ~0.4 s of a ~0.9 s load. Inside :func:`random_init_skipped`
+and persistent buffer, so the random values drawn at construction are never used (drawing
+them is a large share of a load: docs/performance.md). Inside :func:`random_init_skipped`
 ``torch.nn.init``'s random fills leave the tensor as allocated, in the calling thread only:
 other threads building models meanwhile get their usual initialisation.
 """

@@ -1,7 +1,7 @@
 """Replaying a recorded CUDA graph instead of launching an episode's kernels one by one.
 
-At batch 1 on a GPU an episode is ~1,300 small operations; the GPU finishes each before the
-Python side has issued the next, so the time is launch overhead. Recorded once for fixed
+At batch 1 on a GPU an episode is well over a thousand small operations; the GPU finishes
+each before the Python side has issued the next, so the time is launch overhead. Recorded once for fixed
 input shapes, the whole episode is one graph launch. The model runs no operation that
 waits for the device or touches host memory (tests/test_graphs.py checks this on every
 head with device-less meta tensors), so it can be recorded.
@@ -34,14 +34,16 @@ class Replay:
         if len(args) != len(self.inputs):
             raise HmfssError(f"the recorded episode takes {len(self.inputs)} tensors, got {len(args)}")
         for i, (arg, static) in enumerate(zip(args, self.inputs)):
-            if not isinstance(arg, Tensor) or (arg.shape, arg.dtype, arg.device) != (static.shape, static.dtype, static.device):
-                got = f"{tuple(arg.shape)} {arg.dtype} on {arg.device}" if isinstance(arg, Tensor) else type(arg).__name__
-                raise HmfssError(f"input {i} must be {tuple(static.shape)} {static.dtype} on {static.device} "
-                                 f"(the recorded shape), got {got}")
+            if _describe(arg) != _describe(static):
+                raise HmfssError(f"input {i} must be {_describe(static)} (the recorded shape), got {_describe(arg)}")
         for arg, static in zip(args, self.inputs):
             static.copy_(arg)
         self._replay()
         return self.output.clone()
+
+
+def _describe(t: object) -> str:
+    return f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
 
 
 def record_cuda(fn: Callable[[], Tensor], warmup: int = 3) -> tuple[Tensor, Callable[[], None]]:
