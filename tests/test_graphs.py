@@ -94,6 +94,19 @@ def test_every_head_records_no_host_tensor_and_no_device_wait(arch):
         segmented = model.segment(query, state)
     assert mask.shape == segmented.shape == (1, s, s) and mask.device.type == "meta"
     assert watch.ops > 500 and watch.seen == []
+    assert model.fast_path._buffers() == {}  # off the CPU nothing is kept from call to call
+
+
+def test_correlation_memory_is_kept_between_calls_on_the_cpu_only():
+    """A recorded graph writes where its recording allocated; memory the model kept and later
+    freed (a buffer replaced for another shape) would be written after being handed out again."""
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
+            q, s, m = torch.zeros(1, 3, 32, 32), torch.zeros(1, 1, 3, 32, 32), torch.ones(1, 1, 32, 32)
+            with torch.no_grad():
+                model.predict_mask(q, s, m)
+        assert bool(model.fast_path._buffers()) == (device == "cpu"), device
 
 
 def test_benchmark_times_recorded_episodes_and_compares_their_masks():

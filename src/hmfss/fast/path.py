@@ -74,12 +74,15 @@ class FastPath:
 
     def correlate(self, head: nn.Module, query_feats: list[Tensor], support_feats: list[Tensor],
                   levels: tuple[int, int, int]) -> list[Tensor]:
-        """Correlation pyramid (no gradients); query-major memory for heads that read it,
-        in per-thread buffers outside autograd and training (where the head keeps its input)."""
+        """Correlation pyramid (no gradients); query-major memory for heads that read it, on
+        the CPU in per-thread buffers outside autograd and training (where the head keeps its
+        input). Elsewhere the device's caching allocator already reuses memory, and a recorded
+        CUDA graph must own what it writes (a shared buffer could be freed under it)."""
         if not fast_inputs(head).query_major_corr:
             with torch.no_grad():
                 return hypercorrelation(query_feats, support_feats, levels)
-        buffers = None if torch.is_grad_enabled() or head.training else self._buffers()
+        reuse = not torch.is_grad_enabled() and not head.training and query_feats[0].device.type == "cpu"
+        buffers = self._buffers() if reuse else None
         with torch.no_grad():
             return query_major_hypercorrelation(query_feats, support_feats, levels, buffers)
 
