@@ -76,7 +76,9 @@ def cuda_graphed(fn: Callable[..., Tensor], *examples: Tensor, recorder: Recorde
     ``fn`` must return one tensor and depend on its arguments' values only through the
     tensors (shapes are fixed at recording). Gradients are off while recording; wrap
     autocast inside ``fn`` with ``cache_enabled=False``. Default recorder: a CUDA graph,
-    which needs the examples on a CUDA device.
+    which needs the examples on a CUDA device. The graph reads every other tensor (the
+    model's weights) where it was at recording: in-place changes such as
+    ``load_state_dict`` are seen, a model moved or rebuilt needs a new recording.
     """
     if recorder is None:
         off_cuda = [str(e.device) for e in examples if e.device.type != "cuda"]
