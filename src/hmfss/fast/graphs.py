@@ -80,6 +80,9 @@ def cuda_graphed(fn: Callable[..., Tensor], *examples: Tensor, recorder: Recorde
     model's weights) where it was at recording: in-place changes such as
     ``load_state_dict`` are seen, a model moved or rebuilt needs a new recording.
     """
+    for i, e in enumerate(examples):
+        if not isinstance(e, Tensor):
+            raise HmfssError(f"example input {i} must be a tensor, got {type(e).__name__}")
     if recorder is None:
         off_cuda = [str(e.device) for e in examples if e.device.type != "cuda"]
         if off_cuda:
