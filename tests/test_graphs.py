@@ -52,6 +52,8 @@ def test_replay_refuses_inputs_unlike_the_recorded_ones(args, message):
 def test_recording_needs_cuda_and_reports_a_failure_in_one_line():
     with pytest.raises(HmfssError, match="example input 1 must be a tensor, got float"):
         cuda_graphed(lambda a, b: a + b, torch.zeros(2), 1.0, recorder=record_eager)
+    with pytest.raises(HmfssError, match="must return one tensor, got list"):
+        cuda_graphed(lambda a: [a, a], torch.zeros(2), recorder=record_eager)
     with pytest.raises(HmfssError, match="CUDA graphs need inputs on a CUDA device, got cpu"):
         cuda_graphed(lambda a: a + 1, torch.zeros(2))
 

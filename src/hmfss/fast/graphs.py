@@ -99,4 +99,6 @@ def cuda_graphed(fn: Callable[..., Tensor], *examples: Tensor, recorder: Recorde
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HmfssError(f"the episode could not be recorded as a CUDA graph: {first}") from err
+    if not isinstance(output, Tensor):
+        raise HmfssError(f"a recorded function must return one tensor, got {type(output).__name__}")
     return Replay(inputs, output, replay)
