@@ -50,6 +50,13 @@ class BenchmarkConfig(TimedModel):
     cuda_graph: bool = False  # also time the episode and the stream replayed from CUDA graphs
 
 
+def bf16_autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``enabled`` (``--amp``), else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
 def naive_predict(model: FewShotSegmenter, query, supports, masks):
     """The original K-shot routine: K independent 1-shot forwards, argmax, vote."""
     shots = [model(query, supports[:, k], masks[:, k]).argmax(dim=1) for k in range(masks.shape[1])]
@@ -78,7 +85,7 @@ def run_benchmark(cfg: BenchmarkConfig, model: FewShotSegmenter | None = None,
     model.exact_selection = cfg.exact_selection
     query, supports, masks = random_episode(cfg, device)
     sync = synchronizer(device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
+    amp = bf16_autocast(device, cfg.amp)
     predict = model.predict_mask
     if cfg.compile:
         model.head = torch.compile(model.head)
@@ -143,17 +150,12 @@ def graph_timings(model: FewShotSegmenter, cfg: BenchmarkConfig, episode: tuple[
     device = episode[0].device
     sync = synchronizer(device)
 
-    def amp():  # autocast's weight cache would outlive the recording
-        if not cfg.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-
-    def predict(query, supports, masks):
-        with amp():
+    def predict(query, supports, masks):  # autocast's weight cache would outlive the recording
+        with bf16_autocast(device, cfg.amp, cache=False):
             return model.predict_mask(query, supports, masks)
 
     def segment(queries):
-        with amp():
+        with bf16_autocast(device, cfg.amp, cache=False):
             return model.segment(queries, state)
 
     graphed = cuda_graphed(predict, *episode, recorder=recorder)
