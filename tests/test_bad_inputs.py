@@ -199,6 +199,10 @@ CASES = {
     "benchmark-json-is-folder": (B + " --json {out}/adir", "--json .*adir is a folder"),
     "benchmark-nshot-zero": (B + " --nshot 0", "--nshot must be at least 1"),
     "benchmark-warmup-negative": (B + " --warmup -1", "--warmup must be at least 0"),
+    "benchmark-img-size-too-small-for-the-head": (B.replace("--backbone efficientnet-lite0 --img-size 32",
+                                                             "--arch asnet --backbone vgg16 --img-size 64"),
+                                                   "images of 64x64 pixels are too small for asnet on vgg16: .* "
+                                                   "square images need at least 272x272"),
     "benchmark-cuda-graph-on-cpu": (B + " --cuda-graph", "--cuda-graph times inference on a CUDA device: "
                                     "it needs --device cuda and no --train"),
     # episodes

@@ -89,6 +89,9 @@ CASES = {
     "img-size-negative": (R + " --img-size -5", "img_size must be at least 1, got -5"),
     "workers-negative": (R + " --workers -1", "workers and checkpoint_every must not be negative"),
     "img-size-too-large": (R + " --img-size 100000", "img_size must be between 1 and 1024, got 100000"),
+    "img-size-too-small-for-the-head": (R.replace("--img-size 32", "--img-size 64") + " --arch asnet",
+                                        "images of 64x64 pixels are too small for asnet on efficientnet-lite0: "
+                                        "its middle support maps are 4x4"),
     "device-meta": (R + " --device meta", "device 'meta' holds no data"),
     "device-unknown": (R + " --device nonsense", "unknown device 'nonsense'"),
     "device-missing-gpu": (R + " --device cuda:99", "'cuda:99' requested but (CUDA is not available|only)"),

@@ -21,7 +21,7 @@ LAYERS = [
     {"masking", "correlation"},
     {"fast"},
     {"heads"},
-    {"model"},
+    {"model", "sizes"},
     {"checkpoint", "multiclass"},
     {"data"},
     {"evaluation"},

@@ -235,6 +235,7 @@ def load_model(
         with random_init_skipped():  # every weight is loaded below, strictly
             model = build_model(arch, backbone, masking or config.get("masking") or "hm",
                                 img_size=img_size or saved_size, **merged)
+        model.check_image_size(model.config.img_size)
     except HmfssError as exc:
         raise HmfssError(f"checkpoint {path}: {exc}") from None
     model.to(device)

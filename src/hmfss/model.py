@@ -22,6 +22,11 @@ from hmfss.heads import HEADS, Head
 from hmfss.inputs import (check_device_of, check_images, check_img_size, check_one_shot, check_query_batch,
                           check_support_set)
 from hmfss.masking import check_strategy, input_mask, needs_input_masking
+from hmfss.sizes import SquareSides, image_side_problem, support_plane_problem
+
+
+# (arch, backbone, head options) -> smallest square input side (see min_image_size)
+_MIN_IMAGE_SIZE: dict[tuple[str, str, str], int | None] = {}
 
 
 @dataclass
@@ -178,6 +183,7 @@ class FewShotSegmenter(nn.Module):
         """Prepared query maps (or None) and masked support maps (N, C, h, w) of query images
         (B, 3, H, W), supports (N, 3, H, W) and their masks (N, H, W)."""
         path = self.execution_path()
+        self._check_image_sides(supports)
         images = {"feats": supports}
         if needs_input_masking(self.masking):
             images["im"] = input_mask(supports, masks)
@@ -186,8 +192,42 @@ class FewShotSegmenter(nn.Module):
         maps = path.features(self.backbone, images, self.head, self.masking)
         with torch.no_grad():
             masked = path.mask_support(self.head, maps["feats"], maps.get("im"), masks, self.masking)
+        self._check_support_planes(masked, supports)
         query_feats = self.head.query_features(maps["query"]) if query is not None else None
         return query_feats, masked
+
+    # ---- input sizes the backbone and head accept ---------------------------------------------
+
+    def _too_small(self, h: int, w: int, why: str) -> HmfssError:
+        side = self.min_image_size()
+        hint = f"; square images need at least {side}x{side}" if side is not None else ""
+        return HmfssError(f"images of {h}x{w} pixels are too small for {self.config.arch} on "
+                          f"{self.config.backbone}: {why}{hint}")
+
+    def _check_image_sides(self, images: Tensor) -> None:
+        problem = image_side_problem(self.backbone, *images.shape[-2:])
+        if problem is not None:
+            raise self._too_small(*images.shape[-2:], problem)
+
+    def _check_support_planes(self, masked: list[Tensor], supports: Tensor) -> None:
+        problem = support_plane_problem(self.head, masked, self.levels)
+        if problem is not None:
+            raise self._too_small(*supports.shape[-2:], problem)
+
+    def check_image_size(self, side: int) -> None:
+        """Raise HmfssError when square inputs of ``side`` pixels are too small for the backbone
+        or head; shapes only (for a command to refuse an --img-size before any work)."""
+        problem = SquareSides(self.config.backbone, self.head).problem(side)
+        if problem is not None:
+            raise self._too_small(side, side, problem)
+
+    def min_image_size(self) -> int | None:
+        """Smallest square image side the backbone and head accept (None: none up to
+        MAX_IMG_SIZE); computed once per architecture (seconds for a head with a minimum)."""
+        key = (self.config.arch, self.config.backbone, repr(sorted(self.config.options.items())))
+        if key not in _MIN_IMAGE_SIZE:
+            _MIN_IMAGE_SIZE[key] = SquareSides(self.config.backbone, self.head).smallest()
+        return _MIN_IMAGE_SIZE[key]
 
     def _check_device(self, **tensors: Tensor) -> None:
         """The tensors (by argument name) live where the model's parameters do."""

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from hmfss.cli.main import main
@@ -34,6 +35,16 @@ def test_flop_count_scales_with_shots_like_the_pipeline():
     # going from 1 to 2 shots adds two backbone passes (support + masked support) and one head run
     head = per_k[0] - 3 * backbone
     assert per_k[1] - per_k[0] == 2 * backbone + head
+
+
+@pytest.mark.parametrize("side,pixels", [(1, 1), (2, 3), (3, 4), (8, 13)])
+def test_random_support_masks_are_a_centred_disc_with_a_pixel_at_any_size(side, pixels):
+    # centre (side/2, side/2), radius max(side/4, 1), counted by hand on the pixel grid: 8 px
+    # gives the 13 points within 2 of (4, 4); 2 px: (0,1), (1,0), (1,1); 3 px: the 4 points
+    # within 1 of (1.5, 1.5); 1 px: (0, 0), which the radius side/4 alone would miss
+    _, _, masks = random_episode(BenchmarkConfig(nshot=2, batch=2, img_size=side), torch.device("cpu"))
+    assert masks.shape == (2, 2, side, side)
+    assert masks.sum(dim=(-2, -1)).eq(pixels).all()
 
 
 def _centred_model(cfg: BenchmarkConfig):

@@ -34,6 +34,7 @@ class BackboneInfo:
     channels: tuple[int, ...]  # channels of the correlated maps, shallow to deep
     levels: tuple[int, int, int]  # number of maps in the deepest, middle, shallowest level
     extra_channels: int | None = None  # channels of the optional extra shallow map
+    min_side: int = 1  # smallest image height and width it accepts
 
 
 class Backbone(nn.Module):

@@ -31,7 +31,8 @@ class VGG16Backbone(Backbone):
                 layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU(inplace=True)]
                 channels = int(item)
         self.features = nn.Sequential(*layers)
-        self.info = BackboneInfo(channels=(512,) * 7, levels=(1, 3, 3))
+        # five unpadded 2x2 max pools before pool5: each side must be at least 2**5
+        self.info = BackboneInfo(channels=(512,) * 7, levels=(1, 3, 3), min_side=32)
         self.eval()
 
     def extract(self, images: Tensor) -> list[Tensor]:

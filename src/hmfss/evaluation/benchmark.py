@@ -64,12 +64,14 @@ def naive_predict(model: FewShotSegmenter, query, supports, masks):
 
 
 def random_episode(cfg: BenchmarkConfig, device: torch.device):
+    """Random images and a centred disc mask of radius side/4 (at least 1 pixel, so that the
+    smallest images keep a foreground pixel)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     b, k, s = cfg.batch, cfg.nshot, cfg.img_size
     query = torch.randn(b, 3, s, s, generator=gen)
     supports = torch.randn(b, k, 3, s, s, generator=gen)
     yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-    masks = ((yy - s / 2) ** 2 + (xx - s / 2) ** 2 <= (s / 4) ** 2).float().expand(b, k, s, s).contiguous()
+    masks = ((yy - s / 2) ** 2 + (xx - s / 2) ** 2 <= max(s / 4, 1) ** 2).float().expand(b, k, s, s).contiguous()
     return query.to(device), supports.to(device), masks.to(device)
 
 

@@ -169,6 +169,9 @@ class ASNetHead(Head):
 
     original_prefix = "learner."
     recipe = ASNET_RECIPE
+    # the middle and shallow blocks' two stride-4 layers (kernel 5, padding 2) take a side s to
+    # ceil(s / 16); the mixing blocks' 2x2 kernels then need 2, so s >= 17
+    min_support_plane = (1, 17, 17)
 
     def __init__(
         self,

@@ -37,6 +37,9 @@ class Head(nn.Module):
     # memory bound of a K-shot pass: at most this many shots per correlation + head pass
     # (None: no bound); the result is the same
     shots_per_pass: int | None = None
+    # smallest height and width of the masked support maps it accepts, per level (deepest,
+    # middle, shallowest); smaller images raise a clear error before the head runs
+    min_support_plane: tuple[int, int, int] = (1, 1, 1)
 
     @classmethod
     def benchmark_options(cls, benchmark: str | None = None) -> dict[str, Any]:

@@ -171,6 +171,7 @@ class Trainer:
         if info.device.type == "cpu":
             keep_freed_memory()  # no page faults of the step's large tensors at every step
         self.model = model_from_config(cfg).to(info.device)
+        self.model.check_image_size(self.model.config.img_size)
         self.data = setup_data(cfg)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = grad_scaler(info.device, cfg.amp)
