@@ -517,3 +517,35 @@ def test_a_model_run_under_inference_mode_runs_again_under_no_grad():
         first = model.predict_mask(q, s, m)
     with torch.no_grad():
         assert torch.equal(model.predict_mask(q, s, m), first)
+
+
+def test_images_of_another_float_dtype_are_cast_to_the_model_s():
+    """float64 or float16 images (and a mix) give the mask of the same images in float32."""
+    model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
+    q, s, m = make_episode(size=48, shots=2)
+    q16, s16 = q.half(), s.half()
+    with torch.no_grad():
+        expected = model.predict_mask(q, s, m)
+        assert torch.equal(model.predict_mask(q.double(), s.double(), m.double()), expected)
+        assert torch.equal(model.predict_mask(q, s.double(), m), expected)
+        assert torch.equal(model.predict_mask(q16, s16, m), model.predict_mask(q16.float(), s16.float(), m))
+        assert torch.equal(model(q.double(), s[:, 0], m[:, 0]), model(q, s[:, 0], m[:, 0]))
+
+
+@pytest.mark.parametrize("size, message", [
+    ((0, 5), r"output_size must be \(height, width\), integers from 1 to 65535, got \(0, 5\)"),
+    ((-1, 5), "got \\(-1, 5\\)"),
+    ((10**6, 10), "got \\(1000000, 10\\)"),
+    ((10.5, 5), "got \\(10.5, 5\\)"),
+    ((True, 5), "got \\(True, 5\\)"),
+    ("ab", "got 'ab'"),
+    ((1, 2, 3), "got \\(1, 2, 3\\)"),
+    ([(5, 5), (6, 6)], r"one \(h, w\) per query: expected 1, got 2"),
+    ([[5, 0]], r"output_size\[0\] must be \(height, width\)"),
+])
+def test_bad_output_sizes_are_refused_before_any_work(size, message, monkeypatch):
+    model = build_model("hsnet", "efficientnet-lite0", "hm").eval()
+    q, s, m = make_episode(size=32, shots=1)
+    monkeypatch.setattr(model, "_extract", lambda *args: pytest.fail("ran the backbone"))
+    with torch.no_grad(), pytest.raises(HmfssError, match=message):
+        model.predict_mask(q, s, m, output_size=size)

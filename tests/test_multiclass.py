@@ -1,8 +1,10 @@
 """The multi-class rule on hand-made maps, and its agreement with single-class prediction."""
 
+import pytest
 import torch
 
 from hmfss import build_model
+from hmfss.errors import HmfssError
 from hmfss.multiclass import class_maps, combine, encode_classes, segment_classes
 
 
@@ -69,3 +71,28 @@ def test_multiclass_api_is_public_under_hmfss():
     assert hmfss.MultiClassSegmenter is hmfss.app.pipeline.MultiClassSegmenter
     assert hmfss.read_support_dir is hmfss.app.pipeline.read_support_dir
     assert {"segment_classes", "MultiClassSegmenter"} <= set(dir(hmfss))
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    torch.manual_seed(0)
+    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=32).eval()
+    images, masks = torch.randn(1, 1, 3, 32, 32), torch.zeros(1, 1, 32, 32)
+    masks[..., 8:24, 8:24] = 1
+    with torch.inference_mode():
+        return model, encode_classes(model, [(images, masks)])
+
+
+@pytest.mark.parametrize("states, options, message", [
+    ([], {}, "needs at least one class state"),
+    (["cat"], {}, r"states\[0\] must be a SupportState .* got str"),
+    (None, {"output_sizes": [(10, 10)]}, r"output_sizes must hold one \(h, w\) per query \(2\)"),
+    (None, {"output_sizes": (10, 10)}, r"output_sizes\[0\] must be \(height, width\), .* got 10$"),
+    (None, {"output_sizes": [(10, 10), (0, 10)]}, r"output_sizes\[1\] must be \(height, width\)"),
+    (None, {"threshold": 1.5}, "threshold must be a number from 0 to 1, got 1.5"),
+    (None, {"threshold": float("nan")}, "threshold must be a number from 0 to 1, got nan"),
+])
+def test_bad_arguments_are_refused_in_one_line(lite0, states, options, message):
+    model, good = lite0
+    with torch.inference_mode(), pytest.raises(HmfssError, match=message):
+        segment_classes(model, torch.randn(2, 3, 32, 32), good if states is None else states, **options)

@@ -15,6 +15,7 @@ call, so there only shapes, dtypes and devices are checked.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from hmfss.errors import HmfssError
 # Largest network input side: the 4D correlation of the heads grows with (side / 8) ** 4,
 # so a 1024 px input already needs several GB; larger sizes are a typo rather than a wish.
 MAX_IMG_SIZE = 1024
+# Largest side of an output mask: the largest a JPEG can have (PNG allows more, but a larger
+# mask is surely a typo; its logits alone would take gigabytes)
+MAX_OUTPUT_SIDE = 65_535
 
 
 def _shape(t: Tensor) -> str:
@@ -135,6 +139,35 @@ def check_query_batch(state_batch: int, query: Tensor) -> None:
     if state_batch not in (1, query.shape[0]):
         raise HmfssError(f"state holds {state_batch} support set(s) but query_img {_shape(query)} holds "
                          f"{query.shape[0]} image(s): encode 1 support set or one per query")
+
+
+def check_threshold(value: Any, name: str = "threshold") -> float | None:
+    """A probability threshold: ``None`` or a number from 0 to 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise HmfssError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def check_size_pair(value: Any, name: str) -> tuple[int, int]:
+    """An output (height, width): integers from 1 to MAX_OUTPUT_SIDE."""
+    ok = isinstance(value, (tuple, list, torch.Size)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= MAX_OUTPUT_SIDE for v in value)
+    if not ok:
+        raise HmfssError(f"{name} must be (height, width), integers from 1 to {MAX_OUTPUT_SIDE}, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def check_output_size(value: Any, batch: int) -> tuple[int, int] | list[tuple[int, int]] | None:
+    """``None``, one (h, w) for every query, or a list of ``batch`` (h, w) pairs (one per query)."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)) and len(value) and isinstance(value[0], (tuple, list, torch.Size)):
+        if len(value) != batch:
+            raise HmfssError(f"output_size must hold one (h, w) per query: expected {batch}, got {len(value)}")
+        return [check_size_pair(v, f"output_size[{i}]") for i, v in enumerate(value)]
+    return check_size_pair(value, "output_size")
 
 
 def check_device_of(tensors: dict[str, Tensor], device: torch.device) -> None:

@@ -19,8 +19,8 @@ from hmfss.correlation import hypercorrelation
 from hmfss.errors import HmfssError
 from hmfss.fast.path import FastPath
 from hmfss.heads import HEADS, Head
-from hmfss.inputs import (check_device_of, check_images, check_img_size, check_one_shot, check_query_batch,
-                          check_support_set)
+from hmfss.inputs import (check_device_of, check_images, check_img_size, check_one_shot, check_output_size,
+                          check_query_batch, check_support_set)
 from hmfss.masking import check_strategy, input_mask, needs_input_masking
 from hmfss.sizes import SquareSides, image_side_problem, support_plane_problem
 
@@ -184,6 +184,7 @@ class FewShotSegmenter(nn.Module):
         (B, 3, H, W), supports (N, 3, H, W) and their masks (N, H, W)."""
         path = self.execution_path()
         self._check_image_sides(supports)
+        supports, query = self._as_input(supports), self._as_input(query) if query is not None else None
         images = {"feats": supports}
         if needs_input_masking(self.masking):
             images["im"] = input_mask(supports, masks)
@@ -254,7 +255,14 @@ class FewShotSegmenter(nn.Module):
         self._check_device(query_img=query_img)
         return self._query_maps(query_img)
 
+    def _as_input(self, images: Tensor) -> Tensor:
+        """Images in the backbone's dtype (float64 or float16 images for a float32 model are
+        cast rather than refused; under autocast the model stays float32)."""
+        param = next(self.backbone.parameters(), None)
+        return images if param is None else images.to(param.dtype)
+
     def _query_maps(self, query_img: Tensor) -> list[Tensor]:
+        query_img = self._as_input(query_img)
         maps = self.execution_path().features(self.backbone, {"query": query_img}, self.head, self.masking)
         return self.head.query_features(maps["query"])
 
@@ -314,6 +322,7 @@ class FewShotSegmenter(nn.Module):
         if not isinstance(state, SupportState):
             raise HmfssError(f"state must be a SupportState (from encode_support), got {type(state).__name__}")
         check_query_batch(state.masks.shape[0], query_img)
+        output_size = check_output_size(output_size, query_img.shape[0])
         self._check_device(query_img=query_img, state=state.masks)
         return self._masks_from_logits(self.lowres_logits(self._query_maps(query_img), state), query_img, output_size)
 
@@ -334,19 +343,20 @@ class FewShotSegmenter(nn.Module):
         """
         check_images(query_img, "query_img")
         check_support_set(support_imgs, support_masks, query=query_img, allow_empty=allow_empty_support)
+        output_size = check_output_size(output_size, query_img.shape[0])
         self._check_device(query_img=query_img, support_imgs=support_imgs, support_masks=support_masks)
         b, k = support_masks.shape[:2]
         query_feats, masked = self._extract(query_img, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float())
         state = SupportState([f.unflatten(0, (b, k)) for f in masked], support_masks.float())
         return self._masks_from_logits(self.lowres_logits(query_feats, state), query_img, output_size)
 
-    def _masks_from_logits(self, logits: Tensor, query_img: Tensor, output_size) -> Tensor | list[Tensor]:
+    def _masks_from_logits(self, logits: Tensor, query_img: Tensor,
+                           output_size: tuple[int, int] | list[tuple[int, int]] | None) -> Tensor | list[Tensor]:
+        """Voted masks from logits (B, K, 2, h, w) at ``output_size`` (checked by check_output_size)."""
         b, k = logits.shape[:2]
         if output_size is None:
             output_size = tuple(query_img.shape[-2:])
-        if len(output_size) and isinstance(output_size[0], (tuple, list, torch.Size)):
-            if len(output_size) != b:
-                raise HmfssError(f"output_size must hold one (h, w) per query: expected {b}, got {len(output_size)}")
+        if isinstance(output_size, list):
             return [
                 vote(foreground(_upsample(logits[i], size)).unsqueeze(0))[0]
                 for i, size in enumerate(output_size)

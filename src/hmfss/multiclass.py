@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hmfss.errors import HmfssError
+from hmfss.inputs import check_images, check_query_batch, check_size_pair, check_threshold
 from hmfss.model import FewShotSegmenter, SupportState, foreground, vote
 
 
@@ -78,12 +80,21 @@ def segment_classes(
     ``output_sizes``: one (H, W) per query (default: the input size), like the original-size
     mode of :meth:`FewShotSegmenter.segment`.
     """
+    check_images(query_img, "query_img")
     if not states:
-        raise ValueError("segment_classes needs at least one class")
+        raise HmfssError("segment_classes needs at least one class state")
+    for i, state in enumerate(states):
+        if not isinstance(state, SupportState):
+            raise HmfssError(f"states[{i}] must be a SupportState (from encode_classes), got {type(state).__name__}")
+        check_query_batch(state.masks.shape[0], query_img)
+    threshold = check_threshold(threshold)
     b = query_img.shape[0]
-    sizes = list(output_sizes) if output_sizes is not None else [tuple(query_img.shape[-2:])] * b
-    if len(sizes) != b:
-        raise ValueError(f"expected {b} output sizes, got {len(sizes)}")
+    if output_sizes is None:
+        sizes = [tuple(query_img.shape[-2:])] * b
+    elif not isinstance(output_sizes, (list, tuple)) or len(output_sizes) != b:
+        raise HmfssError(f"output_sizes must hold one (h, w) per query ({b}), got {output_sizes!r}")
+    else:
+        sizes = [check_size_pair(size, f"output_sizes[{i}]") for i, size in enumerate(output_sizes)]
     query_feats = model.encode_query(query_img)
     per_class = [model.lowres_logits(query_feats, state) for state in states]  # each (B, K, 2, h, w)
     results = []

@@ -155,11 +155,12 @@ def run(args: argparse.Namespace) -> int:
     from hmfss.checkpoint import load_model
     from hmfss.training.distributed import resolve_device
     from hmfss.errors import HmfssError
-    from hmfss.inputs import check_output_dir
+    from hmfss.inputs import check_output_dir, check_threshold
     from hmfss.atomic import remove_stale_temps
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_threshold(args.threshold, "--threshold")
     check_model_arguments(args)
     out_dir = check_output_dir(args.out, "--out")
     queries = list(dict.fromkeys(p.resolve() for p in expand_queries(args.query)))
