@@ -210,6 +210,8 @@ CASES = {
     # episodes
     "episodes-out-is-folder": (E + " --out {out}/adir", "--out .*adir is a folder; give a file name"),
     "episodes-out-under-file": (E + " --out {out}/taken/e.jsonl", "taken is a file, not a folder"),
+    "episodes-seed-negative": (E + " --seed -1", "--seed must be an integer from 0 to 4294967295, got -1"),
+    "episodes-split-seed-too-large": (E + " --split-seed 4294967296", "--split-seed must be an integer from 0 to "),
     "episodes-fold-out-of-range": (E + " --fold 9", "fold 9 is out of range"),
     "episodes-fss-empty-list": ("episodes --benchmark fss --splits {empty_splits}", "split has no images"),
     "episodes-splits-missing": (E.replace("{psplits}", "{root}/nowhere"), "split list folder not found"),

@@ -92,6 +92,8 @@ CASES = {
     "img-size-too-small-for-the-head": (R.replace("--img-size 32", "--img-size 64") + " --arch asnet",
                                         "images of 64x64 pixels are too small for asnet on efficientnet-lite0: "
                                         "its middle support maps are 4x4"),
+    "seed-negative": (R + " --seed -1", "seed must be an integer from 0 to 4294967295, got -1"),
+    "val-seed-too-large": (R + " --val-seed 4294967296", "val_seed must be an integer from 0 to 4294967295"),
     "device-meta": (R + " --device meta", "device 'meta' holds no data"),
     "device-unknown": (R + " --device nonsense", "unknown device 'nonsense'"),
     "device-missing-gpu": (R + " --device cuda:99", "'cuda:99' requested but (CUDA is not available|only)"),

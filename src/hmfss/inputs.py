@@ -141,6 +141,16 @@ def check_query_batch(state_batch: int, query: Tensor) -> None:
                          f"{query.shape[0]} image(s): encode 1 support set or one per query")
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeds, which the original episode protocols use
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A random seed: an integer from 0 to MAX_SEED."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise HmfssError(f"{name} must be an integer from 0 to {MAX_SEED}, got {value!r}")
+    return int(value)
+
+
 def check_threshold(value: Any, name: str = "threshold") -> float | None:
     """A probability threshold: ``None`` or a number from 0 to 1."""
     if value is None:

@@ -53,6 +53,21 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--budget-minutes", "nan"], "--budget-minutes must be a positive number, got nan"),
+    (["--budget-minutes", "0"], "--budget-minutes must be a positive number, got 0.0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
+    (["--size", "3"], "--size must be between 32 and 1024, got 3"),
+    (["--bsz", "0"], "--bsz must be at least 1, got 0"),
+])
+def test_bad_options_are_one_line_errors_before_anything_is_written(tmp_path, capsys, argv, message):
+    assert main(["demo", "--quick", "--no-reexec", "--out", str(tmp_path / "d"), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"hmfss: error: {message}\n" and captured.out == ""
+    assert not (tmp_path / "d").exists()
+
+
 def test_demo_budget_planning_scales_episodes_down_equally():
     from hmfss.demo.budget import plan
     from hmfss.demo.settings import DemoSettings

@@ -67,6 +67,8 @@ def test_cli_writes_report_summary_and_figures(study):
     (["--seeds", "0", "0"], "distinct"),
     (["--jobs", "0"], "--jobs must be at least 1"),
     (["--val-thresholds", "0"], "--val-thresholds"),
+    (["--size", "5"], "--size must be between 32 and 1024, got 5"),
+    (["--seeds", "4294967296"], "--seeds must be an integer from 0 to 4294967295, got 4294967296"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["study", "--quick", "--out", str(tmp_path / "s"), *argv]) == 2

@@ -44,7 +44,10 @@ def resolve_episodes(args: argparse.Namespace):
     from hmfss.data.episodes import default_protocol, make_episodes
     from hmfss.data.splits import default_splits_dir, load_split
     from hmfss.errors import HmfssError
+    from hmfss.inputs import check_seed
 
+    check_seed(args.seed, "--seed")
+    check_seed(args.split_seed, "--split-seed")
     info = load_split(args.benchmark, args.splits, args.fold, args.split, datapath=args.datapath,
                       classes_file=args.classes, test_ratio=args.test_ratio, split_seed=args.split_seed)
     if not info.entries:

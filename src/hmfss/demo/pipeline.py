@@ -26,7 +26,7 @@ import torch
 from hmfss.atomic import atomic_write_text
 from hmfss.demo.budget import calibrate, fit_test, plan, training_slowdown
 from hmfss.demo.report import draw_figures, write_report
-from hmfss.demo.settings import MASKINGS, DemoSettings, train_config
+from hmfss.demo.settings import MASKINGS, DemoSettings, check_settings, train_config
 from hmfss.demo.steps import generate_benchmark, heldout_episode_sets, heldout_results, timed
 from hmfss.errors import HmfssError
 from hmfss.training.loop import train
@@ -40,8 +40,9 @@ def say(message: str) -> None:
 
 def run_demo(out: Path, s: DemoSettings) -> Path:
     """Run the whole demo into ``out``; returns the path of ``report.md``."""
+    check_settings(s)
     start = time.perf_counter()
-    torch.set_num_threads(max(1, s.threads))
+    torch.set_num_threads(s.threads)
     _prepare_out(out)
     stages: dict[str, float] = {}
     say(f"1/4 generating the synthetic benchmark ({s.classes} classes x {s.images_per_class} images, {s.size}px)")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from hmfss.data.synthetic import SyntheticParams, check_params
+from hmfss.errors import HmfssError
+from hmfss.inputs import check_seed
 from hmfss.training.config import TrainConfig
 
 
@@ -38,6 +42,19 @@ QUICK = dict(classes=8, images_per_class=3, size=32, bsz=2, epochs=2, episodes_p
 
 MASKINGS = ("fm", "hm")
 NAMES = {"fm": "HSNet-FM", "hm": "HSNet-HM"}
+
+
+def check_settings(s: DemoSettings) -> None:
+    """One-line HmfssError for settings the demo cannot run with, before anything is written."""
+    check_params(SyntheticParams(classes=s.classes, images_per_class=s.images_per_class, size=s.size, seed=s.seed,
+                                 test_ratio=s.test_ratio, val_ratio=s.val_ratio))
+    for name in ("bsz", "epochs", "episodes_per_epoch", "val_episodes", "test_episodes", "test_episodes_5shot",
+                 "threads", "examples"):
+        if getattr(s, name) < 1:
+            raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+    check_seed(s.seed, "--seed")
+    if not (math.isfinite(s.budget_minutes) and s.budget_minutes > 0):
+        raise HmfssError(f"--budget-minutes must be a positive number, got {s.budget_minutes}")
 
 
 def train_config(out: Path, s: DemoSettings, masking: str) -> TrainConfig:

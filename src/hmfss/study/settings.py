@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hmfss.demo.settings import DemoSettings, train_config
+from hmfss.demo.settings import check_settings as check_demo_settings
 from hmfss.errors import HmfssError
+from hmfss.inputs import check_seed
 from hmfss.masking import STRATEGIES
 from hmfss.training.config import TrainConfig
 
@@ -88,6 +90,9 @@ def check_settings(s: StudySettings) -> None:
             raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
     if not s.val_thresholds or any(not 0.0 < t <= 100.0 for t in s.val_thresholds):
         raise HmfssError(f"--val-thresholds must be mIoU values in (0, 100], got {list(s.val_thresholds)}")
+    for seed in s.seeds:
+        check_seed(seed, "--seeds")
+    check_demo_settings(s.demo())  # the benchmark's size, classes and split ratios
 
 
 def run_name(variant: str, seed: int) -> str:

@@ -23,7 +23,7 @@ from hmfss.data.augment import augmentation_from_config, augmentation_to_config
 from hmfss.errors import HmfssError
 from hmfss.heads import HEADS
 from hmfss.heads.recipe import PhotometricAugmentation
-from hmfss.inputs import check_device, check_img_size
+from hmfss.inputs import check_device, check_img_size, check_seed
 
 VAL_SPLITS = ("val", "test", "heldout")
 OPTIMIZERS = ("adam", "adamw")
@@ -195,6 +195,8 @@ def validate(cfg: TrainConfig) -> None:
             raise HmfssError(f"{name} must be a finite number, got {value}")
     if cfg.val_split not in VAL_SPLITS:
         raise HmfssError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {cfg.val_split!r}")
+    for name in ("seed", "val_seed", "heldout_seed", "split_seed"):
+        check_seed(getattr(cfg, name), name)
     for name in ("bsz", "epochs"):
         if getattr(cfg, name) < 1:
             raise HmfssError(f"{name} must be at least 1, got {getattr(cfg, name)}")
