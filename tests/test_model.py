@@ -533,9 +533,11 @@ def test_images_of_another_float_dtype_are_cast_to_the_model_s():
 
 
 @pytest.mark.parametrize("size, message", [
-    ((0, 5), r"output_size must be \(height, width\), integers from 1 to 65535, got \(0, 5\)"),
+    ((0, 5), r"output_size must be \(height, width\), positive integers with at most 2147483647 pixels, "
+             r"got \(0, 5\)"),
     ((-1, 5), "got \\(-1, 5\\)"),
-    ((10**6, 10), "got \\(1000000, 10\\)"),
+    ((10**6, 10**6), "got \\(1000000, 1000000\\)"),
+    ((2**16, 2**15), "got \\(65536, 32768\\)"),  # 2**31 pixels: one more than 32-bit indexing holds
     ((10.5, 5), "got \\(10.5, 5\\)"),
     ((True, 5), "got \\(True, 5\\)"),
     ("ab", "got 'ab'"),

@@ -28,9 +28,9 @@ from hmfss.errors import HmfssError
 # Largest network input side: the 4D correlation of the heads grows with (side / 8) ** 4,
 # so a 1024 px input already needs several GB; larger sizes are a typo rather than a wish.
 MAX_IMG_SIZE = 1024
-# Largest side of an output mask: the largest a JPEG can have (PNG allows more, but a larger
-# mask is surely a typo; its logits alone would take gigabytes)
-MAX_OUTPUT_SIDE = 65_535
+# Most pixels of an output mask (height x width): 32-bit indexing; the readers' own limit
+# (50 megapixels by default, --max-pixels) is far below, so a larger size is a typo
+MAX_OUTPUT_PIXELS = 2**31 - 1
 
 
 def _shape(t: Tensor) -> str:
@@ -161,11 +161,12 @@ def check_threshold(value: Any, name: str = "threshold") -> float | None:
 
 
 def check_size_pair(value: Any, name: str) -> tuple[int, int]:
-    """An output (height, width): integers from 1 to MAX_OUTPUT_SIDE."""
+    """An output (height, width): positive integers, at most MAX_OUTPUT_PIXELS pixels."""
     ok = isinstance(value, (tuple, list, torch.Size)) and len(value) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= MAX_OUTPUT_SIDE for v in value)
-    if not ok:
-        raise HmfssError(f"{name} must be (height, width), integers from 1 to {MAX_OUTPUT_SIDE}, got {value!r}")
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value)
+    if not ok or value[0] * value[1] > MAX_OUTPUT_PIXELS:
+        raise HmfssError(f"{name} must be (height, width), positive integers with at most {MAX_OUTPUT_PIXELS} "
+                         f"pixels, got {value!r}")
     return int(value[0]), int(value[1])
 
 
