@@ -15,10 +15,10 @@ Rules (what runs where, to keep the module well under a minute on a 2-core CPU):
 * The numeric checks (K-shot ``predict_mask``, ``encode_support`` + ``segment`` against it,
   checkpoint round trip) run on real tensors. Fast heads: every backbone with
   ``REFERENCE_MASKING`` and every masking with the head's first valid backbone. Heads in
-  ``SLOW``: that first backbone with ``REFERENCE_MASKING`` only; heads in ``ROUND_TRIP_ONLY``
-  (VAT: several seconds per shot) only the checkpoint round trip there, compared module by
-  module and tensor by tensor rather than by a forward pass, their K-shot bookkeeping being
-  checked on meta tensors in their own test module.
+  ``SLOW``: that first backbone with ``REFERENCE_MASKING`` only, and their checkpoint round
+  trip compared module by module and tensor by tensor rather than by two forward passes;
+  heads in ``ROUND_TRIP_ONLY`` (VAT: several seconds per shot) only that round trip, their
+  K-shot bookkeeping being checked on meta tensors in their own test module.
   ``HMFSS_FULL_CONTRACT=1`` runs every check on every valid combination (minutes).
 * Learnable parameter counts are compared where the original models' numbers are known
   (``KNOWN_PARAMETERS``; built on the meta device, no weights are computed).
@@ -235,7 +235,7 @@ def test_checkpoint_round_trip_gives_equal_logits(case, tmp_path):
     path = save_checkpoint(case.model, tmp_path / "model.pt")
     loaded = load_model(path)
     assert loaded.config == case.model.config
-    if case.combo[0] in ROUND_TRIP_ONLY and not FULL:
+    if case.combo[0] in SLOW and not FULL:
         # a forward pass of this head costs seconds: the same modules in the same mode with
         # equal tensors (persistent or not) give equal logits
         assert [type(m) for m in loaded.modules()] == [type(m) for m in case.model.modules()]

@@ -46,14 +46,19 @@ def summarise(times: list[float]) -> dict[str, float]:
     }
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, budget_s: float = 1.0) -> float:
-    """GFLOP/s of the fastest square matmul measured on ``device`` within about ``budget_s``.
+PEAK_BUDGET_S = 1.0  # default time for matmul_peak (the test suite lowers it)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, budget_s: float | None = None) -> float:
+    """GFLOP/s of the fastest square matmul measured on ``device`` within about ``budget_s``
+    (default ``PEAK_BUDGET_S``).
 
     The side n starts at 256 and doubles (up to 2048 on the CPU, 8192 elsewhere) while the
     next size is predicted (8x the last product) to fit in what is left of the budget, so a
     dtype the machine emulates (bf16 on CPUs without native bf16) stops at a small n instead
     of running for minutes.
     """
+    budget_s = PEAK_BUDGET_S if budget_s is None else budget_s
     sync = synchronizer(device)
     largest = 2048 if device.type == "cpu" else 8192
     start, best, n, last = time.perf_counter(), 0.0, 256, 0.0
