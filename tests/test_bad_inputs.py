@@ -219,6 +219,8 @@ CASES = {
     # data
     "data-synthetic-out-is-file": ("data synthetic --out {out}/taken --classes 4", "--out .*taken is a file"),
     "data-synthetic-classes-zero": ("data synthetic --out {out}/syn --classes 0", "classes"),
+    "data-synthetic-seed-negative": ("data synthetic --out {out}/syn --seed -1",
+                                     "--seed must be an integer from 0 to 4294967295, got -1"),
     "data-splits-out-is-file": ("data splits --out {out}/taken", "--out .*taken is a file"),
     "data-voc-aug-out-is-file": ("data voc-aug --voc {root} --sbd {root} --out {out}/taken", "--out .*taken is a file"),
     "data-unknown-tool": ("data weave", "invalid choice: 'weave'"),

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from hmfss.errors import HmfssError
+from hmfss.inputs import check_seed
 
 SHAPES = ("disc", "square", "triangle", "star", "ring", "cross", "crescent", "hexagon", "diamond", "heart")
 TEXTURES = ("solid", "stripes", "checker", "dots", "gradient", "waves")
@@ -75,6 +76,7 @@ def check_params(p: SyntheticParams) -> None:
     total = len(SHAPES) * len(TEXTURES) * len(COLOURS)
     if not 3 <= p.classes <= total:
         raise HmfssError(f"--classes must be between 3 and {total}, got {p.classes}")
+    check_seed(p.seed, "--seed")
     if p.images_per_class < 2:
         raise HmfssError(f"--images-per-class must be at least 2, got {p.images_per_class}")
     if not 32 <= p.size <= 1024:
