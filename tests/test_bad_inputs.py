@@ -207,6 +207,11 @@ CASES = {
                                                    "square images need at least 272x272"),
     "benchmark-cuda-graph-on-cpu": (B + " --cuda-graph", "--cuda-graph times inference on a CUDA device: "
                                     "it needs --device cuda and no --train"),
+    # app (refused before Gradio is imported or a server starts)
+    "app-port-out-of-range": ("app --port 99999", "--port must be from 1 to 65535, got 99999"),
+    "app-host-unknown": ("app --host no-such-host.invalid", "--host 'no-such-host.invalid' is not an address"),
+    "app-host-not-this-machine": ("app --host 192.0.2.1", "cannot listen on 192.0.2.1: "),
+    "app-checkpoint-missing": ("app --checkpoint {root}/nope.pt", "checkpoint not found: .*nope.pt"),
     # episodes
     "episodes-out-is-folder": (E + " --out {out}/adir", "--out .*adir is a folder; give a file name"),
     "episodes-out-under-file": (E + " --out {out}/taken/e.jsonl", "taken is a file, not a folder"),
