@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from hmfss import build_model, load_model
 from hmfss.errors import HmfssError
 from hmfss.inputs import (MAX_IMG_SIZE, check_device, check_images, check_img_size, check_masks, check_min,
                           check_output_dir, check_output_file, check_support_set)
@@ -125,3 +126,18 @@ def test_unwritable_output_folder(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(HmfssError, match="not writable"):
         check_output_dir(locked / "out", "--out")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: load_model(None), r"checkpoint must be a file path \(str or Path\), got NoneType"),
+    (lambda: load_model(5), r"checkpoint must be a file path \(str or Path\), got int"),
+    (lambda: build_model("hsnet", "efficientnet-lite0", backbone_weights=b"x.pth"),
+     r"backbone weights must be a file path \(str or Path\), got bytes"),
+    (lambda: build_model("asnet", "efficientnet-lite0", pool_threshold="a"),
+     "ASNet option pool_threshold must be a positive integer, got 'a'"),
+    (lambda: build_model("asnet", "efficientnet-lite0", pool_threshold=0),
+     "ASNet option pool_threshold must be a positive integer, got 0"),
+])
+def test_bad_model_arguments_are_one_line_errors(call, message):
+    with torch.device("meta"), pytest.raises(HmfssError, match=message):
+        call()

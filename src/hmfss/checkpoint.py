@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from hmfss.atomic import atomic_save
 from hmfss.errors import HmfssError
 from hmfss.heads import HEADS
-from hmfss.inputs import check_device, check_img_size
+from hmfss.inputs import check_device, check_img_size, check_path
 from hmfss.model import FewShotSegmenter, build_model
 from hmfss.skip_init import random_init_skipped
 from hmfss.weights import legacy_declared_bytes, load_restricted, load_state
@@ -81,7 +81,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Zip-format files are memory-mapped (after their declared sizes were checked), so loading
     never takes more memory than the file's size.
     """
-    path = Path(path)
+    path = check_path(path, "checkpoint")
     if not path.is_file():
         raise HmfssError(f"checkpoint not found: {path}")
     mmap = _check_archive(path)

@@ -242,6 +242,13 @@ def _writable_ancestor(path: Path, option: str) -> None:
         raise HmfssError(f"{option} {path}: folder {parent} is not writable")
 
 
+def check_path(value: Any, name: str) -> Path:
+    """A file path given as a str or path-like object."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise HmfssError(f"{name} must be a file path (str or Path), got {type(value).__name__}")
+    return Path(value)
+
+
 def check_output_file(path: str | Path | None, option: str) -> Path | None:
     """``path`` can be written as a file: not a folder, inside a writable (or creatable) folder."""
     if path is None:

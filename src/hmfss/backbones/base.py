@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from hmfss.errors import HmfssError
+from hmfss.inputs import check_path
 from hmfss.weights import load_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,7 +71,7 @@ class Backbone(nn.Module):
 
     def load_weights(self, path: str | Path) -> None:
         """Load an ImageNet weight file with this backbone's parameter names."""
-        path = Path(path)
+        path = check_path(path, "backbone weights")
         if not path.is_file():
             raise HmfssError(f"backbone weights file not found: {path}")
         try:

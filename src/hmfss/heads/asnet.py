@@ -20,6 +20,7 @@ uses no feature masking (``masking="none"``); ASNet-HM masks after the pooling.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -183,6 +184,8 @@ class ASNetHead(Head):
         super().__init__()
         if options:
             raise HmfssError(f"unknown ASNet option(s): {', '.join(sorted(options))}")
+        if isinstance(pool_threshold, bool) or not isinstance(pool_threshold, numbers.Integral) or pool_threshold < 1:
+            raise HmfssError(f"ASNet option pool_threshold must be a positive integer, got {pool_threshold!r}")
         self.pool_threshold = int(pool_threshold)
         l4, l3, l2 = levels
         self.encoder_layer4 = SqueezeBlock(l4, [32, 128], [5, 3], [4, 2])
