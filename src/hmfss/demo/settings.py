@@ -44,10 +44,15 @@ MASKINGS = ("fm", "hm")
 NAMES = {"fm": "HSNet-FM", "hm": "HSNet-HM"}
 
 
+def synthetic_params(s: DemoSettings) -> SyntheticParams:
+    """The synthetic benchmark of ``s`` (seed ``s.seed``)."""
+    return SyntheticParams(classes=s.classes, images_per_class=s.images_per_class, size=s.size, seed=s.seed,
+                           test_ratio=s.test_ratio, val_ratio=s.val_ratio)
+
+
 def check_settings(s: DemoSettings) -> None:
     """One-line HmfssError for settings the demo cannot run with, before anything is written."""
-    check_params(SyntheticParams(classes=s.classes, images_per_class=s.images_per_class, size=s.size, seed=s.seed,
-                                 test_ratio=s.test_ratio, val_ratio=s.val_ratio))
+    check_params(synthetic_params(s))
     for name in ("bsz", "epochs", "episodes_per_epoch", "val_episodes", "test_episodes", "test_episodes_5shot",
                  "threads", "examples"):
         if getattr(s, name) < 1:

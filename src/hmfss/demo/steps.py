@@ -14,8 +14,8 @@ from hmfss.data.dataset import EpisodeDataset, episode_loader
 from hmfss.data.episodes import Episode, make_episodes
 from hmfss.data.readers import make_reader
 from hmfss.data.splits import load_split
-from hmfss.data.synthetic import SyntheticParams, generate
-from hmfss.demo.settings import DemoSettings
+from hmfss.data.synthetic import generate
+from hmfss.demo.settings import DemoSettings, synthetic_params
 from hmfss.evaluation.evaluate import evaluate
 from hmfss.evaluation.metrics import SegmentationMeter
 
@@ -30,8 +30,7 @@ def timed(stages: dict[str, float], name: str) -> Iterator[None]:
 
 def generate_benchmark(data: Path, s: DemoSettings) -> dict[str, Any]:
     """The synthetic benchmark of ``s`` (seed ``s.seed``) written to ``data``; its metadata."""
-    return generate(data, SyntheticParams(classes=s.classes, images_per_class=s.images_per_class, size=s.size,
-                                          seed=s.seed, test_ratio=s.test_ratio, val_ratio=s.val_ratio))
+    return generate(data, synthetic_params(s))
 
 
 def heldout_episodes(data: Path, shots: int, count: int) -> list[Episode]:

@@ -84,15 +84,14 @@ def check_settings(s: StudySettings) -> None:
     if BASELINE not in s.variants or len(set(s.variants)) != len(s.variants) or len(s.variants) < 2:
         raise HmfssError(f"--variants must be distinct, include {BASELINE} (the baseline) and one more, "
                          f"got {list(s.variants)}")
-    for name in ("size", "classes", "images_per_class", "bsz", "epochs", "episodes_per_epoch", "val_episodes",
-                 "test_episodes", "test_episodes_5shot", "jobs", "threads"):
+    for name in ("size", "classes", "images_per_class", "jobs"):  # the other counts: the demo's check below
         if getattr(s, name) < 1:
             raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
     if not s.val_thresholds or any(not 0.0 < t <= 100.0 for t in s.val_thresholds):
         raise HmfssError(f"--val-thresholds must be mIoU values in (0, 100], got {list(s.val_thresholds)}")
     for seed in s.seeds:
         check_seed(seed, "--seeds")
-    check_demo_settings(s.demo())  # the benchmark's size, classes and split ratios
+    check_demo_settings(s.demo())  # the training and test counts, threads, the benchmark's size and ratios
 
 
 def run_name(variant: str, seed: int) -> str:
