@@ -32,7 +32,7 @@ from functools import cached_property
 import pytest
 import torch
 
-from helpers import assert_same_tensors, make_episode
+from helpers import assert_same_tensors, make_episode, on_meta
 from hmfss import build_model, learnable_parameters, load_model, save_checkpoint
 from hmfss.backbones import BACKBONES
 from hmfss.errors import HmfssError
@@ -147,7 +147,7 @@ def reference_head_inputs(arch: str, backbone: str) -> list:
     give (1, 2, S, S) logits; once per process and (head, backbone)."""
     if (arch, backbone) not in _REFERENCE_HEAD_INPUTS:
         size = image_size(arch)
-        with torch.device("meta"):
+        with on_meta():
             model = build_model(arch, backbone, REFERENCE_MASKING).eval()
             seen, shape = head_input_shapes(model, meta_episode(size), run_head=True)
         assert shape == (1, 2, size, size)
@@ -161,7 +161,7 @@ def test_builds_and_forward_gives_two_class_logits(combo):
     size = image_size(arch)
     if arch in SLOW:
         expected = reference_head_inputs(arch, backbone)
-        with torch.device("meta"):
+        with on_meta():
             model = build_model(arch, backbone, masking).eval()
             seen, _ = head_input_shapes(model, meta_episode(size), run_head=False)
         assert (model.config.arch, model.config.backbone, model.config.masking) == combo

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hmfss"
 # lowest first; a name is a module or a sub-package of hmfss
 LAYERS = [
     {"errors", "atomic", "inputs", "capability"},
-    {"weights", "skip_init"},
+    {"weights", "skip_init", "meta"},
     {"backbones"},
     {"masking", "correlation"},
     {"fast"},

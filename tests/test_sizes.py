@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hmfss.model
+from helpers import on_meta
 from hmfss import build_model, load_model, save_checkpoint
 from hmfss.errors import HmfssError
 from hmfss.sizes import SquareSides
@@ -24,7 +25,7 @@ def meta_model(arch: str, backbone: str):
 
 
 def meta_forward(model, h: int, w: int) -> None:
-    with torch.device("meta"), torch.no_grad():
+    with on_meta(), torch.no_grad():
         image, mask = torch.empty(1, 3, h, w), torch.empty(1, h, w)
         model(image, image, mask)
 

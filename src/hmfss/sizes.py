@@ -13,6 +13,7 @@ from hmfss.backbones import Backbone, build_backbone
 from hmfss.correlation import level_slices
 from hmfss.heads import Head
 from hmfss.inputs import MAX_IMG_SIZE
+from hmfss.meta import quick_meta_resize
 
 
 def image_side_problem(backbone: Backbone, h: int, w: int) -> str | None:
@@ -51,8 +52,9 @@ class SquareSides:
         if problem is not None or not self.shapes_only:
             return problem
         image, mask = torch.empty(1, 3, side, side, device="meta"), torch.empty(1, side, side, device="meta")
-        maps = self.backbone(image)
-        masked = self.head.support_features(maps, maps, mask, "fm")
+        with quick_meta_resize():
+            maps = self.backbone(image)
+            masked = self.head.support_features(maps, maps, mask, "fm")
         return support_plane_problem(self.head, masked, self.backbone.info.levels)
 
     def smallest(self) -> int | None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import on_meta
 from hmfss import build_model, learnable_parameters
 from hmfss.backbones import BackboneInfo
 from hmfss.errors import HmfssError
@@ -357,13 +358,13 @@ def test_skip_features_are_projected_once_per_episode_and_repeated_per_shot(pasc
 def test_model_k_shot_bookkeeping_on_meta_tensors():
     """predict_mask / encode_support with a VAT head: shapes through backbone, masking, correlation
     and the learner for B=2, K=3 (values are checked against the original in the reference harness)."""
-    with torch.device("meta"):
+    with on_meta():
         model = build_model("vat", "resnet50", "hm")
-    query = torch.empty(2, 3, 97, 97, device="meta")
-    supports = torch.empty(2, 3, 3, 97, 97, device="meta")
-    masks = torch.empty(2, 3, 97, 97, device="meta")
-    state = model.encode_support(supports, masks)
-    assert [tuple(f.shape) for f in state.feats[:2]] == [(2, 3, 0, 128, 128), (2, 3, 512, 64, 64)]
-    logits = model.lowres_logits(model.encode_query(query), state)
-    assert logits.shape == (2, 3, 2, 128, 128)
-    assert model(query, supports[:, 0], masks[:, 0]).shape == (2, 2, 97, 97)
+        query = torch.empty(2, 3, 97, 97)
+        supports = torch.empty(2, 3, 3, 97, 97)
+        masks = torch.empty(2, 3, 97, 97)
+        state = model.encode_support(supports, masks)
+        assert [tuple(f.shape) for f in state.feats[:2]] == [(2, 3, 0, 128, 128), (2, 3, 512, 64, 64)]
+        logits = model.lowres_logits(model.encode_query(query), state)
+        assert logits.shape == (2, 3, 2, 128, 128)
+        assert model(query, supports[:, 0], masks[:, 0]).shape == (2, 2, 97, 97)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -19,6 +21,16 @@ def make_episode(batch: int = 1, shots: int = 1, size: int = 64, seed: int = 0):
             r = int(torch.randint(size // 8, size // 3, (1,), generator=gen))
             masks[b, k] = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float()
     return query, supports, masks
+
+
+@contextlib.contextmanager
+def on_meta():
+    """Build and run on the meta device (shapes only), with hmfss's quick resizes of meta
+    tensors (PyTorch's own take ~30 ms each: most of a VAT or ASNet pass)."""
+    from hmfss.meta import quick_meta_resize
+
+    with torch.device("meta"), quick_meta_resize():
+        yield
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
