@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is None:
         args.batch = 4 if args.train else 1
     for name in ("nshot", "batch", "repeats", "stream_queries"):
-        if getattr(args, name) < 1:
-            raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        check_min(getattr(args, name), f"--{name.replace('_', '-')}")
     check_min(args.warmup, "--warmup", 0)
     check_min(args.threads, "--threads", 1)
     check_img_size(args.img_size, "--img-size")
