@@ -65,6 +65,23 @@ def trained_head(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def compiled_graphs(monkeypatch):
+    """The FX graphs ``nn.Module.compile`` hands its backend, in a list. Within the test a
+    compile traces with dynamo and runs the traced graph as is (no code generation: seconds
+    instead of a minute or more on a CPU), computing what the eager module computes."""
+    graphs = []
+
+    def record(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: real(self, backend=record, **kwargs))
+    yield graphs
+    torch._dynamo.reset()
+
+
 @pytest.fixture(autouse=True)
 def short_matmul_peak(monkeypatch):
     """Benchmarks measure the machine's matmul rate for 1 s by default; the tests only read the

@@ -182,3 +182,22 @@ def test_bad_head_settings_are_one_line_errors(bench, tmp_path, capsys, extra, m
     assert main(_args(bench, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_compile_reaches_the_step_s_forward_module(bench, tmp_path, monkeypatch):
+    """`hmfss train --compile` builds its forward module with the head compiled (what that
+    does is tested with the training benchmark, which builds it the same way)."""
+    from hmfss.training import loop
+
+    seen = []
+    real = loop.forward_module
+
+    def spy(model, info, compile=False, find_unused_parameters=False):
+        seen.append(compile)
+        return real(model, info, False, find_unused_parameters)  # no compile: seconds saved
+
+    monkeypatch.setattr(loop, "forward_module", spy)
+    args = _args(bench, tmp_path / "run", "--epochs", "1", "--compile", "--no-progress", "--episodes-per-epoch", "2",
+                 "--val-episodes", "1")
+    assert main(args) == 0 and seen == [True]
+    assert _config(tmp_path / "run")["compile"] is True

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from hmfss.cli.main import main
 from hmfss.evaluation.timing import count_flops
 from hmfss.model import build_model
-from hmfss.training.benchmark import TrainBenchmarkConfig, random_batch, run_train_benchmark
+from hmfss.training.benchmark import TrainBenchmarkConfig, random_batch, run_train_benchmark, step_parts
+from hmfss.training.step import train_step
 from helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -49,3 +50,28 @@ def test_batch_one_and_batch_two_flops_scale_linearly():
     flops = [run_train_benchmark(TrainBenchmarkConfig(backbone="efficientnet-lite0", img_size=32, batch=b,
                                                       repeats=1, warmup=0))["gflops_per_step"] for b in (1, 2)]
     assert abs(flops[1] - 2 * flops[0]) < 1e-9 * flops[1]
+
+
+def test_compile_compiles_the_head_in_place_and_the_steps_are_unchanged(compiled_graphs):
+    """--compile traces the head only (the frozen backbone stays eager), keeps the parameter
+    names a checkpoint holds, and the compiled steps compute what the eager ones do."""
+    cfg = TrainBenchmarkConfig(backbone="efficientnet-lite0", img_size=32, batch=1)
+    batch = random_batch(cfg)
+    losses, weights = [], []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=32)
+        names = list(model.state_dict())
+        parts = step_parts(model, torch.device("cpu"), amp=False, compile=compile)
+        losses.append([train_step(parts, batch)[0] for _ in range(2)])
+        weights.append(model.head.state_dict())
+        assert list(model.state_dict()) == names and parts.net is model
+        assert (model.head._compiled_call_impl is not None) == compile
+        assert model.backbone._compiled_call_impl is None
+    # dynamo traced the head's whole forward as one graph (no break), every head parameter in it
+    (graph,) = compiled_graphs
+    inputs = [n.name for n in graph.graph.nodes if n.op == "placeholder"]
+    assert sum("_parameters_" in name for name in inputs) == len(list(model.head.parameters()))
+    assert losses[0] == losses[1]
+    for name, value in weights[0].items():
+        assert torch.equal(weights[1][name], value), name

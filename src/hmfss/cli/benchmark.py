@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast (reports mask agreement with fp32)")
     p.add_argument("--batch", type=int, default=None,
                    help="episodes (and stream queries) per forward (default 1; with --train 4)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the head (with --train: the model)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the head (inference and --train)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the episode and the fixed-support stream replayed from CUDA graphs "
                    "(recorded once per input shape; needs --device cuda)")

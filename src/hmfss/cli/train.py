@@ -104,7 +104,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", help="auto (default: this rank's GPU, else CPU) | cpu | cuda | cuda:N")
     r.add_argument("--amp", action="store_true", dest="amp", help="mixed precision (bf16 where supported)")
     r.add_argument("--no-amp", action="store_false", dest="amp", help="full precision (default)")
-    r.add_argument("--compile", action="store_true", dest="compile", help="torch.compile the model")
+    r.add_argument("--compile", action="store_true", dest="compile", help="torch.compile the head (the frozen backbone runs eagerly)")
     r.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                    help="also write last.pt every STEPS steps inside an epoch (default: epoch end only)")
     r.add_argument("--no-tensorboard", action="store_false", dest="tensorboard", help="no TensorBoard scalars")

@@ -20,7 +20,8 @@ from hmfss.fast.memory import keep_freed_memory
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters
 from hmfss.training.optim import OPTIMIZER_KINDS
 from hmfss.training.precision import autocast, autocast_dtype, grad_scaler
-from hmfss.training.step import StepParts, train_step
+from hmfss.training.distributed import DistInfo
+from hmfss.training.step import StepParts, forward_module, train_step
 
 
 @dataclass
@@ -43,7 +44,7 @@ def step_parts(model: FewShotSegmenter, device: torch.device, amp: bool, compile
     recipe = model.head.recipe
     optimizer = OPTIMIZER_KINDS[recipe.optimizer](recipe.param_groups(model), lr=recipe.lr,
                                                   weight_decay=recipe.weight_decay)
-    net = torch.compile(model) if compile else model
+    net = forward_module(model, DistInfo(device=device), compile)  # as `hmfss train` runs it
     return StepParts(net, model, optimizer, grad_scaler(device, amp), device, amp)
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hmfss.capability import bf16_warning
@@ -69,7 +68,7 @@ from hmfss.training.rundir import (
     log_to_file,
     make_logger,
 )
-from hmfss.training.step import StepParts, train_step
+from hmfss.training.step import StepParts, forward_module, train_step
 
 
 class TrainingStopped(Exception):
@@ -193,8 +192,11 @@ class Trainer:
             seed_everything(cfg.seed + info.rank)
         self.dir.write_config()
         self._log_start(self.optimizer)
-        self.parts = StepParts(self._wrap(self.model), self.model, self.optimizer, self.scaler, info.device,
-                               cfg.amp, info.enabled)
+        if info.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.deterministic = False
+        net = forward_module(self.model, info, cfg.compile, cfg.find_unused_parameters)
+        self.parts = StepParts(net, self.model, self.optimizer, self.scaler, info.device, cfg.amp, info.enabled)
         val_shard = shard(self.data.val_episodes, info.rank, info.world_size, equal=False)
         self.val_set = EpisodeDataset(self.data.reader, val_shard, self.model.config.img_size)
 
@@ -221,23 +223,6 @@ class Trainer:
             log.info(f"TensorBoard scalars in {self.run_dir / 'tb'}")
         elif cfg.tensorboard and info.is_main:
             log.info("TensorBoard not installed: no tb/ scalars (pip install tensorboard)")
-
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module that runs the forward pass: DDP under torchrun, compiled on request."""
-        info = self.info
-        if info.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cudnn.deterministic = False
-        net: torch.nn.Module = model
-        if info.enabled:
-            # The frozen backbone's parameters do not require gradients, so DDP's reducer holds
-            # only the head's; buffers (frozen BN statistics) are identical and not re-broadcast.
-            device_ids = [info.device.index] if info.device.type == "cuda" else None
-            net = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
-                                          find_unused_parameters=self.cfg.find_unused_parameters)
-        if self.cfg.compile:
-            net = torch.compile(net)
-        return net
 
     # -- epochs ---------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from hmfss.training.distributed import DistInfo
 from hmfss.training.precision import autocast
 
 
@@ -28,6 +30,23 @@ class StepParts:
     device: torch.device
     amp: bool = False
     distributed: bool = False
+
+
+def forward_module(model: nn.Module, info: DistInfo, compile: bool = False,
+                   find_unused_parameters: bool = False) -> nn.Module:
+    """The module that runs a training step's forward pass: ``model``, under DDP when ``info``
+    is distributed, with its head compiled in place on request (``nn.Module.compile``: the
+    parameter names, and so the checkpoints, stay). The frozen backbone stays eager: it runs
+    without autograd, and compiled it would recompile for the input shape of every layer."""
+    if compile:
+        model.head.compile()
+    if not info.enabled:
+        return model
+    # The frozen backbone's parameters do not require gradients, so DDP's reducer holds only
+    # the head's; buffers (frozen BN statistics) are identical and not re-broadcast.
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
+                                   find_unused_parameters=find_unused_parameters)
 
 
 def train_step(parts: StepParts, batch: dict[str, Any]) -> tuple[float, Tensor | None]:
