@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmfss.fast.channels_last import group_norm_cl
+from hmfss.fast import channels_last
+from hmfss.fast.channels_last import group_norm_cl, row_blocks
 from hmfss.heads.conv4d import CenterPivotConv4d, plane_conv_matrix
 from hmfss.heads.volume import resize_query_dims
 
@@ -87,6 +88,39 @@ def test_group_norm_cl_is_accurate_on_large_offset_groups():
     ref = torch.nn.functional.group_norm(x.double().movedim(-1, 1), 4, norm.weight.double(), norm.bias.double(), norm.eps)
     out = group_norm_cl(x, norm)
     assert (out.double() - ref.movedim(1, -1)).abs().max() < 2e-5
+
+
+def test_row_blocks_cover_the_outer_dim_once_in_blocks_of_about_the_size_asked():
+    x = torch.empty(2, 13, 11, 8)  # a row of all samples: 2 * 11 * 8 * 4 = 704 bytes
+    assert row_blocks(x, 1) == [slice(i, i + 1) for i in range(13)]
+    assert row_blocks(x, 5 * 704) == [slice(0, 5), slice(5, 10), slice(10, 13)]
+    assert row_blocks(x, 1 << 40) == [slice(0, 13)]
+    assert row_blocks(torch.empty(2, 13, 11, 8, device="meta"), 1) == [slice(0, 13)]  # no CPU cache
+
+
+@pytest.mark.parametrize("block_bytes", [1, 5 * 704, 1 << 40])  # one row, uneven blocks, one block
+def test_group_norm_cl_is_the_same_whatever_the_block_size(monkeypatch, block_bytes):
+    # statistics, output and gradients go block by block through the cache on the CPU;
+    # each element's arithmetic and each row's sum are the same whatever the blocks
+    torch.manual_seed(7)
+    x = (torch.randn(2, 13, 11, 8) * 3 + 5).requires_grad_()
+    norm = torch.nn.GroupNorm(2, 8)
+    weights = torch.randn(2, 13, 11, 8)
+
+    def run():
+        out = group_norm_cl(x, norm)
+        return [out.detach(), *torch.autograd.grad((out * weights).sum(), [x, norm.weight, norm.bias])]
+
+    whole = run()
+    monkeypatch.setattr(channels_last, "BLOCK_BYTES", block_bytes)
+    for got, want in zip(run(), whole):
+        assert torch.equal(got, want)
+    ref = norm.double()(x.double().movedim(-1, 1)).movedim(1, -1)
+    truth = torch.autograd.grad((ref * weights.double()).sum(), [x, norm.weight, norm.bias])
+    norm.float()
+    assert (whole[0].double() - ref).abs().max() < 2e-6
+    for got, want in zip(whole[1:], truth):
+        assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()
 
 
 def test_group_norm_cl_gradients_match_group_norm():

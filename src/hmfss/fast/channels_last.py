@@ -49,18 +49,49 @@ def _two_stage_sum(v: Tensor) -> Tensor:
     return v.sum(2).sum(1)
 
 
+BLOCK_BYTES = 1 << 20  # a block of rows small enough to stay in a core's L2 cache
+
+
+def row_blocks(x: Tensor, block_bytes: int | None = None) -> list[slice]:
+    """Slices of the outer dim of (N, outer, inner, C) in blocks of about ``block_bytes``
+    (default :data:`BLOCK_BYTES`): element-wise chains and their sums run block by block in
+    the cache instead of one memory pass per operation. Only the CPU has such a cache: on
+    other devices one block (a loop would only add kernel launches)."""
+    n, outer, inner, c = x.shape
+    size = BLOCK_BYTES if block_bytes is None else block_bytes
+    rows = max(1, min(outer, size // max(1, n * inner * c * x.element_size())))
+    if x.device.type != "cpu":
+        rows = outer
+    return [slice(first, min(first + rows, outer)) for first in range(0, outer, rows)]
+
+
+def _centred_products_summed(x: Tensor, mean_c: Tensor, other: Tensor | None, centred: Tensor | None) -> Tensor:
+    """(N, C): sum over positions of (x - mean) * other (``other`` None: (x - mean) squared),
+    summed over inner then outer, block by block. ``centred``, if given, receives x - mean."""
+    n, outer, inner, c = x.shape
+    partial = x.new_empty(n, outer, c)
+    blocks = row_blocks(x)
+    buffer = x.new_empty(n, blocks[0].stop - blocks[0].start, inner, c)
+    for rows in blocks:
+        product = buffer[:, :rows.stop - rows.start]
+        xc = product if centred is None else centred[:, rows]
+        torch.sub(x[:, rows], mean_c, out=xc)
+        torch.mul(xc, xc if other is None else other[:, rows], out=product)
+        torch.sum(product, 2, out=partial[:, rows])
+    return partial.sum(1)
+
+
 def _group_stats(x: Tensor, groups: int, eps: float, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and 1/std per (sample, group) of (N, outer, inner, C), each (N, G, 1), in two
-    passes (mean, then centred squares) without a temporary of squares; and ``x`` centred,
-    as a fresh contiguous tensor of ``shape`` (the caller's shape of ``x``, so that what is
-    returned is no view: autograd would copy a view's whole gradient for an in-place op)."""
+    passes (mean, then centred squares); and ``x`` centred, as a fresh contiguous tensor of
+    ``shape`` (the caller's shape of ``x``, so that what is returned is no view: autograd
+    would copy a view's whole gradient for an in-place op)."""
     n, _, _, c = x.shape
     count = x[0].numel() // groups
     mean = _two_stage_sum(x).view(n, groups, c // groups).sum(-1, keepdim=True) / count
     centred = torch.empty(shape, dtype=x.dtype, device=x.device)
-    torch.sub(x, mean.expand(n, groups, c // groups).reshape(n, 1, 1, c), out=centred.view(x.shape))
-    squares = torch.linalg.vector_norm(centred.view(x.shape), dim=2).square()
-    var = squares.sum(1).view(n, groups, c // groups).sum(-1, keepdim=True) / count
+    squares = _centred_products_summed(x, _per_channel(mean, n, c), None, centred.view(x.shape))
+    var = squares.view(n, groups, c // groups).sum(-1, keepdim=True) / count
     return mean, torch.rsqrt(var + eps), centred
 
 
@@ -77,7 +108,9 @@ def _normalise(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
     n, c = x.shape[0], x.shape[-1]
     mean, rstd, out = _group_stats(x, groups, eps, shape)
     scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
-    out.view(x.shape).mul_(scale).add_(bias.view(1, 1, 1, c))
+    out_v = out.view(x.shape)
+    for rows in row_blocks(x):
+        out_v[:, rows].mul_(scale).add_(bias.view(1, 1, 1, c))
     return out, mean, rstd
 
 
@@ -95,19 +128,25 @@ class _GroupNormCL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        """dx = rstd * (w * dy - xhat * b - a), xhat = (x - mean) * rstd, with a and b the
+        group means of w * dy and w * dy * xhat; xhat is formed block by block, never whole."""
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, g = x.shape[0], x.shape[-1], ctx.groups
         count = x[0].numel() // g
-        xhat = (x - _per_channel(mean, n, c)).mul_(_per_channel(rstd, n, c))
         grad = grad.contiguous().view(x.shape)
+        mean_c, rstd_c, w = _per_channel(mean, n, c), _per_channel(rstd, n, c), weight.view(1, 1, 1, c)
         sum_dy = _two_stage_sum(grad)  # (N, C)
-        sum_dy_xhat = _two_stage_sum(grad * xhat)
-        w = weight.view(1, c)
-        a = (sum_dy * w).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
-        b = (sum_dy_xhat * w).view(n, g, c // g).sum(-1, keepdim=True) / count
-        rstd_c = _per_channel(rstd, n, c)
-        dx = grad * (rstd_c * weight.view(1, 1, 1, c))
-        dx -= (xhat.mul_(_per_channel(b, n, c)).add_(_per_channel(a, n, c))).mul_(rstd_c)
+        sum_dy_xhat = _centred_products_summed(x, mean_c, grad, None) * rstd_c.view(n, c)
+        a = (sum_dy * w.view(1, c)).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
+        b = (sum_dy_xhat * w.view(1, c)).view(n, g, c // g).sum(-1, keepdim=True) / count
+        scale_dy = rstd_c * w
+        scale_xc = -(rstd_c * rstd_c) * _per_channel(b, n, c)
+        shift = -rstd_c * _per_channel(a, n, c)
+        dx = torch.empty_like(x)
+        for rows in row_blocks(x):
+            out = dx[:, rows]
+            torch.sub(x[:, rows], mean_c, out=out)
+            out.mul_(scale_xc).add_(shift).addcmul_(grad[:, rows], scale_dy)
         return dx, sum_dy_xhat.sum(0), sum_dy.sum(0), None, None, None
 
 
