@@ -144,6 +144,27 @@ def test_group_norm_cl_gradients_match_group_norm():
         torch.testing.assert_close(g, w)
 
 
+def test_group_norm_cl_of_bfloat16_maps_computes_in_float32_with_the_analytic_backward():
+    # under autocast the head's maps are bf16: statistics, output and gradients in float32
+    # (as GroupNorm on the float32 copy), the output and the input's gradient rounded to bf16
+    torch.manual_seed(8)
+    x = (torch.randn(2, 3, 4, 5, 2, 8) * 2 + 1).bfloat16().requires_grad_()
+    norm = torch.nn.GroupNorm(4, 8)
+    weights = torch.randn(2, 3, 4, 5, 2, 8)
+    out = group_norm_cl(x, norm)
+    assert out.dtype == torch.bfloat16 and "GroupNormCL" in out.grad_fn.next_functions[0][0].name()
+    got = torch.autograd.grad((out.float() * weights).sum(), [x, norm.weight, norm.bias])
+    x32 = x.detach().float().requires_grad_()
+    ref = norm(x32.movedim(-1, 1)).movedim(1, -1)
+    want = torch.autograd.grad((ref.bfloat16().float() * weights).sum(), [x32, norm.weight, norm.bias])
+    # within bf16's rounding (8 significant bits) of float32 GroupNorm
+    assert ((out.float() - ref.detach()).abs() <= 2.0 ** -8 * ref.detach().abs() + 1e-6).all()
+    assert got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].float(), want[0].bfloat16().float(), rtol=1e-2, atol=1e-2)
+    for g, w in zip(got[1:], want[1:]):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_group_norm_cl_output_takes_an_in_place_relu_without_copying_its_gradient():
     # the 4D blocks run relu_ on GroupNorm's output: on a view of the function's result autograd
     # records CopySlices, which clones and zero-fills the whole gradient in the backward pass

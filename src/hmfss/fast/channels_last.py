@@ -155,7 +155,7 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
 
     Statistics in two passes (mean, then centred squares), each summed in two stages over a
     balanced (outer, inner) split of the positions, so that float32 sums over many positions
-    stay accurate; float32 statistics under autocast. With autograd (float32/64) an analytic
+    stay accurate; float32 math for half-precision maps (autocast). With autograd an analytic
     backward (:class:`_GroupNormCL`); without, the result is written into the centred temporary
     (:func:`_normalise`).
     """
@@ -164,15 +164,9 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     outer, inner = _balanced_split(positions)
     v = x.reshape(n, outer, inner, c)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
-    if grad and v.dtype in (torch.float32, torch.float64):
-        return _GroupNormCL.apply(v, norm.weight, norm.bias, g, norm.eps, x.shape)
-    stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
-    if not grad:
-        return _normalise(stats, norm.weight, norm.bias, g, norm.eps, x.shape)[0].to(x.dtype)
-    # half-precision maps under autocast with autograd: the composite, differentiated by autograd
-    count = positions * (c // g)
-    mean = _two_stage_sum(stats).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
-    centred = stats - _per_channel(mean, n, c)
-    var = _two_stage_sum(centred.square()).view(n, g, c // g).sum(-1, keepdim=True) / count
-    scale = (torch.rsqrt(var + norm.eps) * norm.weight.view(g, c // g)).view(n, 1, 1, c)
-    return (centred * scale + norm.bias.view(1, 1, 1, c)).to(x.dtype).view(x.shape)
+    stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v  # autocast: float32 math
+    if grad:
+        out = _GroupNormCL.apply(stats, norm.weight, norm.bias, g, norm.eps, x.shape)
+    else:
+        out = _normalise(stats, norm.weight, norm.bias, g, norm.eps, x.shape)[0]
+    return out.to(x.dtype)
