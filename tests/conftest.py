@@ -69,12 +69,18 @@ def trained_head(tmp_path_factory):
 def compiled_graphs(monkeypatch):
     """The FX graphs ``nn.Module.compile`` hands its backend, in a list. Within the test a
     compile traces with dynamo and runs the traced graph as is (no code generation: seconds
-    instead of a minute or more on a CPU), computing what the eager module computes."""
+    instead of a minute or more on a CPU), computing what the eager module computes; each
+    graph's ``calls`` counts the runs of its compiled form."""
     graphs = []
 
     def record(graph, example_inputs):
         graphs.append(graph)
-        return graph.forward
+        graph.calls = 0
+
+        def run(*args):
+            graph.calls += 1
+            return graph.forward(*args)
+        return run
 
     real = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: real(self, backend=record, **kwargs))

@@ -75,3 +75,18 @@ def test_compile_compiles_the_head_in_place_and_the_steps_are_unchanged(compiled
     assert losses[0] == losses[1]
     for name, value in weights[0].items():
         assert torch.equal(weights[1][name], value), name
+
+
+def test_flops_of_a_compiled_step_are_counted_eagerly_without_compiling_again(compiled_graphs):
+    cfg = TrainBenchmarkConfig(backbone="efficientnet-lite0", img_size=32, batch=1)
+    batch = random_batch(cfg)
+    flops = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=32)
+        parts = step_parts(model, torch.device("cpu"), amp=False, compile=compile)
+        train_step(parts, batch)
+        flops.append(count_flops(lambda: train_step(parts, batch)))
+    (graph,) = compiled_graphs  # compiled once, for the step before counting
+    assert graph.calls == 1  # the counted step ran the head eagerly
+    assert flops[0] > 0 and flops[1] == flops[0]

@@ -94,11 +94,12 @@ def _count_packed_convs() -> None:
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call, backward passes run inside it included (torch.utils.flop_counter:
-    2 per multiply-add; convolutions and matmuls)."""
+    2 per multiply-add; convolutions and matmuls). Compiled modules run eagerly here, so that
+    every operation is counted and nothing is compiled again for the counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     _count_packed_convs()
-    with FlopCounterMode(display=False) as counter:
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -82,8 +82,7 @@ def run_train_benchmark(cfg: TrainBenchmarkConfig, model: FewShotSegmenter | Non
     result["episode"] = {k: v / cfg.batch for k, v in times.items()}
     result["episodes_per_s"] = cfg.batch / times["median_s"]
     result.update(peak_memory(device))
-    plain = step_parts(model, device, cfg.amp)  # the FLOP counter needs the uncompiled model
-    result["gflops_per_step"] = count_flops(lambda: train_step(plain, batch)) / 1e9
+    result["gflops_per_step"] = count_flops(lambda: train_step(parts, batch)) / 1e9
     result["gflops_per_episode"] = result["gflops_per_step"] / cfg.batch
     result["achieved_gflops_per_s"] = result["gflops_per_step"] / times["median_s"]
     peak_dtype = autocast_dtype(device) if cfg.amp else torch.float32
