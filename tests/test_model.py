@@ -102,16 +102,18 @@ def test_training_updates_only_the_head():
     assert all(p.grad is None for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("masking,exact,exact_selection,cl_head", [
-    ("hm", "support", True, True), ("hm-reverse", "im", True, True), ("fm", None, True, True),
-    ("hm", None, False, True), ("hm-reverse", None, False, True), ("hm", "all", False, False),
+@pytest.mark.parametrize("masking,exact,exact_selection,cl_head,amp", [
+    ("hm", "support", True, True, False), ("hm-reverse", "im", True, True, False), ("fm", None, True, True, False),
+    ("hm", None, False, True, False), ("hm-reverse", None, False, True, False), ("hm", "all", False, False, False),
+    ("hm", "support", True, True, True), ("hm", "all", False, False, True),
 ])
 def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, exact, exact_selection, cl_head,
-                                                              monkeypatch):
+                                                              amp, monkeypatch):
     """HSNet on the CPU: channels-last passes through the BatchNorm-folded copy, except the
     images whose feature signs choose between FM and IM, which keep the reference layout and
-    modules (so the choice is bit-identical), unless ``exact_selection`` is off. Heads that
-    take no channels-last maps (VAT, ASNet) get every image from the reference pass."""
+    modules (so the choice is bit-identical), unless ``exact_selection`` is off; under bf16
+    autocast they keep the reference modules in channels-last memory. Heads that take no
+    channels-last maps (VAT, ASNet) get every image from the reference NCHW pass."""
     q, s, m = make_episode(batch=1, shots=2, size=32, seed=5)
     named = {"query": q, "support": s[0], "im": s[0] * m[0].unsqueeze(1)}
     calls = []
@@ -123,7 +125,7 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
     if not cl_head:  # a head that declares no fast inputs
         monkeypatch.setattr("hmfss.fast.path.fast_inputs", lambda head: FastInputs())
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             model.predict_mask(q, s, m)
     finally:
         for net in spied:
@@ -136,7 +138,8 @@ def test_cpu_backbone_keeps_only_the_selecting_images_in_nchw(model, masking, ex
             for row in images:
                 if row.shape == ref.shape[1:] and any(torch.equal(row, r) for r in ref):
                     layouts[name] = (which, "nchw" if images.is_contiguous() else "channels_last")
-    reference, fast = ("reference", "nchw"), ("folded", "channels_last")
+    reference = ("reference", "channels_last" if amp and cl_head else "nchw")
+    fast = ("folded", "channels_last")
     expected = {n: reference if exact in (n, "all") else fast for n in ("query", "support")}
     if masking != "fm":
         expected["im"] = reference if exact in ("im", "all") else fast

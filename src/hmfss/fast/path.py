@@ -49,19 +49,26 @@ class FastPath:
         return self._folded.get(backbone)
 
     def features(self, backbone: Backbone, images: dict[str, Tensor], head: nn.Module, masking: str) -> dict[str, list[Tensor]]:
-        """Backbone maps of each named batch (B_i, 3, H, W); names as in the reference path."""
+        """Backbone maps of each named batch (B_i, 3, H, W); names as in the reference path.
+
+        The exact images go through the reference modules, in NCHW memory; under bf16 autocast
+        on the CPU in channels-last memory (oneDNN's bf16 kernels gave the same bits in both
+        layouts where measured, and NCHW cost ~2.8x the time, see docs/performance.md)."""
+        exact_layout = torch.contiguous_format
         if not fast_inputs(head).channels_last_maps or next(iter(images.values())).device.type != "cpu":
             exact = set(images)
         else:
             exact = {selecting_input(masking)} if self.exact_selection else set()
+            if torch.is_autocast_enabled("cpu"):
+                exact_layout = torch.channels_last
         # a training step's frozen backbone passes are larger batches: fewer, fuller passes pay
         pixels = CPU_TRAINING_PIXELS_PER_PASS if head.training else CPU_PIXELS_PER_PASS
         maps: dict[str, list[Tensor]] = {}
-        for layout, names in ((torch.contiguous_format, [n for n in images if n in exact]),
-                              (torch.channels_last, [n for n in images if n not in exact])):
+        for folded, layout, names in ((False, exact_layout, [n for n in images if n in exact]),
+                                      (True, torch.channels_last, [n for n in images if n not in exact])):
             if names:
                 batch = torch.cat([images[n] for n in names]) if len(names) > 1 else images[names[0]]
-                net = self.folded_backbone(backbone) if layout == torch.channels_last else backbone
+                net = self.folded_backbone(backbone) if folded else backbone
                 maps.update(zip(names, grouped_passes(net, batch, layout, [images[n].shape[0] for n in names], pixels)))
         return maps
 
