@@ -98,6 +98,19 @@ def test_row_blocks_cover_the_outer_dim_once_in_blocks_of_about_the_size_asked()
     assert row_blocks(torch.empty(2, 13, 11, 8, device="meta"), 1) == [slice(0, 13)]  # no CPU cache
 
 
+def test_group_norm_cl_is_one_block_under_torch_compile(compiled_graphs, monkeypatch):
+    # traced, a loop over row blocks would unroll into a graph of hundreds of operations
+    monkeypatch.setattr(channels_last, "BLOCK_BYTES", 1)  # eagerly: one block per row (13 rows)
+    norm = torch.nn.GroupNorm(2, 8)
+    x = torch.randn(2, 13, 11, 8, requires_grad=True)
+    compiled = torch.compile(group_norm_cl, backend=lambda graph, inputs: compiled_graphs.append(graph) or graph.forward)
+    torch.testing.assert_close(compiled(x, norm), group_norm_cl(x, norm))
+    (graph,) = compiled_graphs
+    subs = [n for module in graph.modules() if hasattr(module, "graph") for n in module.graph.nodes
+            if n.op == "call_function" and getattr(n.target, "__name__", "") == "sub"]
+    assert len(subs) == 3  # centring: once in the forward pass, twice in the backward pass
+
+
 @pytest.mark.parametrize("block_bytes", [1, 5 * 704, 1 << 40])  # one row, uneven blocks, one block
 def test_group_norm_cl_is_the_same_whatever_the_block_size(monkeypatch, block_bytes):
     # statistics, output and gradients go block by block through the cache on the CPU;

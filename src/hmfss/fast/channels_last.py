@@ -55,12 +55,13 @@ BLOCK_BYTES = 1 << 20  # a block of rows small enough to stay in a core's L2 cac
 def row_blocks(x: Tensor, block_bytes: int | None = None) -> list[slice]:
     """Slices of the outer dim of (N, outer, inner, C) in blocks of about ``block_bytes``
     (default :data:`BLOCK_BYTES`): element-wise chains and their sums run block by block in
-    the cache instead of one memory pass per operation. Only the CPU has such a cache: on
-    other devices one block (a loop would only add kernel launches)."""
+    the cache instead of one memory pass per operation. One block on devices other than the
+    CPU (a loop would only add kernel launches) and under torch.compile (the compiler fuses
+    the chain itself; traced, the loop would unroll into hundreds of operations)."""
     n, outer, inner, c = x.shape
     size = BLOCK_BYTES if block_bytes is None else block_bytes
     rows = max(1, min(outer, size // max(1, n * inner * c * x.element_size())))
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         rows = outer
     return [slice(first, min(first + rows, outer)) for first in range(0, outer, rows)]
 
