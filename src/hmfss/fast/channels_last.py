@@ -44,9 +44,14 @@ def _balanced_split(count: int) -> tuple[int, int]:
     return count, 1
 
 
+def _math_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision maps (autocast), else the maps' own dtype."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def _two_stage_sum(v: Tensor) -> Tensor:
     """(N, outer, inner, C) -> (N, C): summed over inner, then outer (accurate float32 sums)."""
-    return v.sum(2).sum(1)
+    return v.sum(2, dtype=_math_dtype(v)).sum(1)
 
 
 BLOCK_BYTES = 1 << 20  # a block of rows small enough to stay in a core's L2 cache
@@ -66,34 +71,51 @@ def row_blocks(x: Tensor, block_bytes: int | None = None) -> list[slice]:
     return [slice(first, min(first + rows, outer)) for first in range(0, outer, rows)]
 
 
-def _centred_products_summed(x: Tensor, mean_c: Tensor, other: Tensor | None, centred: Tensor | None) -> Tensor:
+def _block_buffer(x: Tensor, blocks: list[slice]) -> Tensor:
+    """Scratch for one block of ``x`` in the math dtype."""
+    return x.new_empty(x.shape[0], blocks[0].stop - blocks[0].start, *x.shape[2:], dtype=_math_dtype(x))
+
+
+def _centred_products_summed(x: Tensor, mean_c: Tensor, other: Tensor | None) -> Tensor:
     """(N, C): sum over positions of (x - mean) * other (``other`` None: (x - mean) squared),
-    summed over inner then outer, block by block. ``centred``, if given, receives x - mean."""
-    n, outer, inner, c = x.shape
-    partial = x.new_empty(n, outer, c)
+    in the math dtype, summed over inner then outer, block by block."""
+    n, outer, _, c = x.shape
     blocks = row_blocks(x)
-    buffer = x.new_empty(n, blocks[0].stop - blocks[0].start, inner, c)
+    buffer, partial = _block_buffer(x, blocks), x.new_empty(n, outer, c, dtype=_math_dtype(x))
     for rows in blocks:
-        product = buffer[:, :rows.stop - rows.start]
-        xc = product if centred is None else centred[:, rows]
+        xc = buffer[:, :rows.stop - rows.start]
         torch.sub(x[:, rows], mean_c, out=xc)
-        torch.mul(xc, xc if other is None else other[:, rows], out=product)
-        torch.sum(product, 2, out=partial[:, rows])
+        torch.mul(xc, xc if other is None else other[:, rows], out=xc)
+        torch.sum(xc, 2, out=partial[:, rows])
     return partial.sum(1)
 
 
-def _group_stats(x: Tensor, groups: int, eps: float, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
+def _affine_of_centred(x: Tensor, mean_c: Tensor, scale: Tensor, shift: Tensor, out: Tensor,
+                       addend: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """``out`` (x's shape and dtype) = (x - mean) * scale + shift (+ a * b for ``addend``),
+    block by block in the math dtype, each block rounded to ``out``'s dtype once."""
+    blocks = row_blocks(x)
+    buffer = None if out.dtype == _math_dtype(x) else _block_buffer(x, blocks)
+    for rows in blocks:
+        target = out[:, rows] if buffer is None else buffer[:, :rows.stop - rows.start]
+        torch.sub(x[:, rows], mean_c, out=target)
+        target.mul_(scale).add_(shift)
+        if addend is not None:
+            target.addcmul_(addend[0][:, rows], addend[1])
+        if buffer is not None:
+            out[:, rows].copy_(target)
+    return out
+
+
+def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     """Mean and 1/std per (sample, group) of (N, outer, inner, C), each (N, G, 1), in two
-    passes (mean, then centred squares); and ``x`` centred, as a fresh contiguous tensor of
-    ``shape`` (the caller's shape of ``x``, so that what is returned is no view: autograd
-    would copy a view's whole gradient for an in-place op)."""
+    passes (mean, then centred squares)."""
     n, _, _, c = x.shape
     count = x[0].numel() // groups
     mean = _two_stage_sum(x).view(n, groups, c // groups).sum(-1, keepdim=True) / count
-    centred = torch.empty(shape, dtype=x.dtype, device=x.device)
-    squares = _centred_products_summed(x, _per_channel(mean, n, c), None, centred.view(x.shape))
+    squares = _centred_products_summed(x, _per_channel(mean, n, c), None)
     var = squares.view(n, groups, c // groups).sum(-1, keepdim=True) / count
-    return mean, torch.rsqrt(var + eps), centred
+    return mean, torch.rsqrt(var + eps)
 
 
 def _per_channel(stat: Tensor, n: int, c: int) -> Tensor:
@@ -104,21 +126,22 @@ def _per_channel(stat: Tensor, n: int, c: int) -> Tensor:
 
 def _normalise(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
                shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
-    """GroupNorm of (N, outer, inner, C), written into its centred temporary of ``shape`` (not
-    differentiable as written); with the mean and 1/std, each (N, G, 1)."""
+    """GroupNorm of (N, outer, inner, C) as a fresh tensor of ``shape`` and x's dtype (no view:
+    autograd would copy a view's whole gradient for an in-place op on it); with the mean and
+    1/std, each (N, G, 1). Not differentiable as written."""
     n, c = x.shape[0], x.shape[-1]
-    mean, rstd, out = _group_stats(x, groups, eps, shape)
+    mean, rstd = _group_stats(x, groups, eps)
     scale = _per_channel(rstd, n, c) * weight.view(1, 1, 1, c)
-    out_v = out.view(x.shape)
-    for rows in row_blocks(x):
-        out_v[:, rows].mul_(scale).add_(bias.view(1, 1, 1, c))
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    _affine_of_centred(x, _per_channel(mean, n, c), scale, bias.view(1, 1, 1, c), out.view(x.shape))
     return out, mean, rstd
 
 
 class _GroupNormCL(torch.autograd.Function):
     """GroupNorm of (N, outer, inner, C) with an analytic backward: the input is saved (not
     the temporaries of a composite), gradients come from two per-channel sums and one
-    element-wise pass. The output is a fresh tensor of the caller's ``shape``."""
+    element-wise pass. The output is a fresh tensor of the caller's ``shape``. Half-precision
+    maps stay so in memory (input, output, gradients); the math is float32."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, shape: torch.Size) -> Tensor:
@@ -137,17 +160,12 @@ class _GroupNormCL(torch.autograd.Function):
         grad = grad.contiguous().view(x.shape)
         mean_c, rstd_c, w = _per_channel(mean, n, c), _per_channel(rstd, n, c), weight.view(1, 1, 1, c)
         sum_dy = _two_stage_sum(grad)  # (N, C)
-        sum_dy_xhat = _centred_products_summed(x, mean_c, grad, None) * rstd_c.view(n, c)
+        sum_dy_xhat = _centred_products_summed(x, mean_c, grad) * rstd_c.view(n, c)
         a = (sum_dy * w.view(1, c)).view(n, g, c // g).sum(-1, keepdim=True) / count  # (N, G, 1)
         b = (sum_dy_xhat * w.view(1, c)).view(n, g, c // g).sum(-1, keepdim=True) / count
-        scale_dy = rstd_c * w
         scale_xc = -(rstd_c * rstd_c) * _per_channel(b, n, c)
         shift = -rstd_c * _per_channel(a, n, c)
-        dx = torch.empty_like(x)
-        for rows in row_blocks(x):
-            out = dx[:, rows]
-            torch.sub(x[:, rows], mean_c, out=out)
-            out.mul_(scale_xc).add_(shift).addcmul_(grad[:, rows], scale_dy)
+        dx = _affine_of_centred(x, mean_c, scale_xc, shift, torch.empty_like(x), (grad, rstd_c * w))
         return dx, sum_dy_xhat.sum(0), sum_dy.sum(0), None, None, None
 
 
@@ -165,9 +183,6 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
     outer, inner = _balanced_split(positions)
     v = x.reshape(n, outer, inner, c)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
-    stats = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v  # autocast: float32 math
     if grad:
-        out = _GroupNormCL.apply(stats, norm.weight, norm.bias, g, norm.eps, x.shape)
-    else:
-        out = _normalise(stats, norm.weight, norm.bias, g, norm.eps, x.shape)[0]
-    return out.to(x.dtype)
+        return _GroupNormCL.apply(v, norm.weight, norm.bias, g, norm.eps, x.shape)
+    return _normalise(v, norm.weight, norm.bias, g, norm.eps, x.shape)[0]
