@@ -174,9 +174,9 @@ def group_norm_cl(x: Tensor, norm: nn.GroupNorm) -> Tensor:
 
     Statistics in two passes (mean, then centred squares), each summed in two stages over a
     balanced (outer, inner) split of the positions, so that float32 sums over many positions
-    stay accurate; float32 math for half-precision maps (autocast). With autograd an analytic
-    backward (:class:`_GroupNormCL`); without, the result is written into the centred temporary
-    (:func:`_normalise`).
+    stay accurate; float32 math for half-precision maps (autocast); on the CPU each chain runs
+    block by block in the cache (:func:`row_blocks`). With autograd an analytic backward
+    (:class:`_GroupNormCL`); without, :func:`_normalise` alone.
     """
     n, c, g = x.shape[0], x.shape[-1], norm.num_groups
     positions = x.numel() // (n * c)
