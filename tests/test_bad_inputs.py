@@ -111,6 +111,7 @@ T = ("test --benchmark pascal --datapath {pascal} --splits {psplits} --checkpoin
      "--no-progress --episodes 1")
 TF = "test --benchmark folder --datapath {folder} --checkpoint {root}/ckpt.pt --workers 0 --no-progress"
 B = "benchmark --backbone efficientnet-lite0 --img-size 32 --repeats 1 --warmup 0 --no-naive --stream-queries 1"
+BT = "benchmark --train --backbone efficientnet-lite0 --img-size 32 --batch 1 --repeats 1 --warmup 0"
 E = "episodes --benchmark pascal --splits {psplits}"
 R = ("train --benchmark fss --datapath {bench} --splits {bench}/splits --backbone efficientnet-lite0 --img-size 32 "
      "--bsz 2 --episodes-per-epoch 2 --val-episodes 1 --epochs 1 --workers 0 --no-tensorboard --no-progress "
@@ -207,6 +208,11 @@ CASES = {
                                                    "square images need at least 272x272"),
     "benchmark-cuda-graph-on-cpu": (B + " --cuda-graph", "--cuda-graph times inference on a CUDA device: "
                                     "it needs --device cuda and no --train"),
+    "benchmark-train-nshot": (BT + " --nshot 2", "--train times 1-shot training episodes; --nshot must be 1, got 2"),
+    "benchmark-train-stream-queries": (BT + " --stream-queries 4", "--stream-queries applies to inference only, "
+                                       "not with --train"),
+    "benchmark-train-no-naive-fast-selection": (BT + " --no-naive --fast-selection",
+                                                "--no-naive, --fast-selection apply to inference only"),
     # app (refused before Gradio is imported or a server starts)
     "app-port-out-of-range": ("app --port 99999", "--port must be from 1 to 65535, got 99999"),
     "app-host-unknown": ("app --host no-such-host.invalid", "--host 'no-such-host.invalid' is not an address"),

@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(recorded once per input shape; needs --device cuda)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (default 5)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--stream-queries", type=int, default=8, help="queries in the fixed-support stream")
-    p.add_argument("--no-naive", action="store_true", help="skip timing the K-separate-forwards path")
+    p.add_argument("--stream-queries", type=int, default=None,
+                   help="queries in the fixed-support stream (default 8; inference only)")
+    p.add_argument("--no-naive", action="store_true", help="skip timing the K-separate-forwards path (inference only)")
     add_selection_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--benchmark", dest="benchmark_name", default=None, help="VAT configuration (pascal/coco/fss)")
@@ -52,8 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from hmfss.inputs import check_device, check_img_size, check_min, check_output_file
     from hmfss.training.distributed import resolve_device
 
+    if args.train:
+        _refuse_inference_options(args)
     if args.batch is None:
         args.batch = 4 if args.train else 1
+    if args.stream_queries is None:
+        args.stream_queries = 8
     for name in ("nshot", "batch", "repeats", "stream_queries"):
         check_min(getattr(args, name), f"--{name.replace('_', '-')}")
     check_min(args.warmup, "--warmup", 0)
@@ -61,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
     check_img_size(args.img_size, "--img-size")
     check_device(args.device)
     check_output_file(args.json, "--json")
-    if args.train and args.nshot != 1:
-        raise HmfssError(f"--train times 1-shot training episodes; --nshot must be 1, got {args.nshot}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -76,6 +79,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, result)
     return 0
+
+
+def _refuse_inference_options(args: argparse.Namespace) -> None:
+    """--train times 1-shot training steps: options of the inference benchmark are an error
+    there, not silently ignored."""
+    from hmfss.errors import HmfssError
+
+    if args.nshot != 1:
+        raise HmfssError(f"--train times 1-shot training episodes; --nshot must be 1, got {args.nshot}")
+    given = [flag for flag, value in (("--stream-queries", args.stream_queries is not None),
+                                      ("--no-naive", args.no_naive), ("--fast-selection", args.fast_selection))
+             if value]
+    if given:
+        raise HmfssError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to inference only, "
+                         "not with --train")
 
 
 def _options(args: argparse.Namespace) -> dict:
