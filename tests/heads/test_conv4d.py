@@ -207,3 +207,31 @@ def test_plane_conv_matrix_equals_conv2d_with_gradients(k, s, size):
     (grad_expected,) = torch.autograd.grad(expected.square().sum(), conv.weight)
     (grad_got,) = torch.autograd.grad(got.square().sum(), conv.weight)
     torch.testing.assert_close(grad_got, grad_expected)
+
+
+def test_plane_conv_matrix_gradient_is_the_same_in_every_run():
+    """The weight gradient through the dense matrix sums each tap's blocks in a fixed order:
+    on two threads it equals, bit for bit, the one PyTorch's deterministic mode computes (an
+    advanced-index gather's backward adds with atomics there; training runs then differed from
+    process to process)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    grad_out = torch.randn(2 * 2 * 128, 2 * 2 * 128)
+
+    def weight_grad() -> torch.Tensor:
+        (grad,) = torch.autograd.grad((plane_conv_matrix(conv, 2, 2) * grad_out).sum(), conv.weight)
+        return grad
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [weight_grad() for _ in range(3)]
+        torch.use_deterministic_algorithms(True)
+        try:
+            reference = weight_grad()
+        finally:
+            torch.use_deterministic_algorithms(False)
+    finally:
+        torch.set_num_threads(threads)
+    for grad in runs:
+        assert torch.equal(grad, reference)

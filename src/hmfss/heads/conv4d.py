@@ -37,16 +37,20 @@ def plane_conv_matrix(conv: nn.Conv2d, height: int, width: int) -> Tensor:
     """``conv``'s weights (no groups, no dilation) acting on one (height, width) plane, as a
     dense (height*width*Cin, height'*width'*Cout) matrix with rows and columns ordered
     (y, x, channel): a flattened channels-last plane times it is the conv's output plane
-    without bias. Built by gathering kernel taps, so gradients reach ``conv.weight``.
+    without bias. Each (Cin, Cout) block is a kernel tap or zero, picked with ``index_select``:
+    its backward sums the blocks of a tap with ``index_add_``, in the same order in every run
+    (an advanced-index gather's backward adds them with atomics on several CPU threads).
     """
     out_h, out_w = _conv_output_size(conv, height, width)
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     ty = torch.arange(height)[:, None] - torch.arange(out_h)[None, :] * sh + ph  # tap row of (y, y')
     tx = torch.arange(width)[:, None] - torch.arange(out_w)[None, :] * sw + pw
     valid = ((ty >= 0) & (ty < kh))[:, None, :, None] & ((tx >= 0) & (tx < kw))[None, :, None, :]
-    taps = conv.weight.permute(2, 3, 1, 0)  # (kh, kw, Cin, Cout)
-    dense = taps[ty.clamp(0, kh - 1)[:, None, :, None], tx.clamp(0, kw - 1)[None, :, None, :]]
-    dense = dense * valid.to(dense.device, dense.dtype)[..., None, None]  # (y, x, y', x', Cin, Cout)
+    tap = ty.clamp(0, kh - 1)[:, None, :, None] * kw + tx.clamp(0, kw - 1)[None, :, None, :]  # (y, x, y', x')
+    tap = torch.where(valid, tap, kh * kw).flatten().to(conv.weight.device)  # row kh*kw: the zero block
+    taps = conv.weight.permute(2, 3, 1, 0).reshape(kh * kw, conv.in_channels, conv.out_channels)
+    taps = torch.cat([taps, taps.new_zeros(1, *taps.shape[1:])])
+    dense = taps.index_select(0, tap).view(height, width, out_h, out_w, *taps.shape[1:])
     return dense.permute(0, 1, 4, 2, 3, 5).reshape(height * width * conv.in_channels, -1)
 
 
