@@ -8,6 +8,7 @@ from hmfss.fast import channels_last
 from hmfss.fast.channels_last import group_norm_cl, row_blocks
 from hmfss.heads.conv4d import CenterPivotConv4d, plane_conv_matrix
 from hmfss.heads.volume import resize_query_dims
+from helpers import plain_and_deterministic
 
 
 def dense_conv4d(x, weight, bias, stride):
@@ -222,16 +223,6 @@ def test_plane_conv_matrix_gradient_is_the_same_in_every_run():
         (grad,) = torch.autograd.grad((plane_conv_matrix(conv, 2, 2) * grad_out).sum(), conv.weight)
         return grad
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        runs = [weight_grad() for _ in range(3)]
-        torch.use_deterministic_algorithms(True)
-        try:
-            reference = weight_grad()
-        finally:
-            torch.use_deterministic_algorithms(False)
-    finally:
-        torch.set_num_threads(threads)
-    for grad in runs:
+    for _ in range(3):
+        grad, reference = plain_and_deterministic(weight_grad)
         assert torch.equal(grad, reference)

@@ -33,6 +33,23 @@ def on_meta():
         yield
 
 
+def plain_and_deterministic(fn):
+    """``fn()`` on two threads, then again under PyTorch's deterministic mode (which runs
+    kernels that add with atomics serially, or refuses them): the pair of results. A
+    computation whose results do not depend on how threads interleave gives equal ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plain = fn()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return plain, fn()
+        finally:
+            torch.use_deterministic_algorithms(False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def assert_same_tensors(a: dict, b: dict) -> None:
     """Two name -> tensor mappings (state dicts, optimizer states) with the same names and
     bit-identical tensors."""
