@@ -49,11 +49,6 @@ def _math_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _two_stage_sum(v: Tensor) -> Tensor:
-    """(N, outer, inner, C) -> (N, C): summed over inner, then outer (accurate float32 sums)."""
-    return v.sum(2, dtype=_math_dtype(v)).sum(1)
-
-
 BLOCK_BYTES = 1 << 20  # a block of rows small enough to stay in a core's L2 cache
 
 
@@ -69,6 +64,19 @@ def row_blocks(x: Tensor, block_bytes: int | None = None) -> list[slice]:
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         rows = outer
     return [slice(first, min(first + rows, outer)) for first in range(0, outer, rows)]
+
+
+def _two_stage_sum(v: Tensor) -> Tensor:
+    """(N, outer, inner, C) -> (N, C): summed over inner, then outer (accurate float32 sums).
+    Half-precision maps are summed block by block: a whole-tensor ``sum(dtype=float32)``
+    first converts the whole tensor in memory."""
+    math = _math_dtype(v)
+    if v.dtype == math:
+        return v.sum(2).sum(1)
+    partial = v.new_empty(v.shape[0], v.shape[1], v.shape[3], dtype=math)
+    for rows in row_blocks(v):
+        torch.sum(v[:, rows], 2, dtype=math, out=partial[:, rows])
+    return partial.sum(1)
 
 
 def _block_buffer(x: Tensor, blocks: list[slice]) -> Tensor:
