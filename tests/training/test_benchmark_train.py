@@ -10,7 +10,7 @@ from hmfss.evaluation.timing import count_flops
 from hmfss.model import build_model
 from hmfss.training.benchmark import TrainBenchmarkConfig, random_batch, run_train_benchmark, step_parts
 from hmfss.training.step import train_step
-from helpers import one_thread  # noqa: F401  (autouse fixture)
+from helpers import assert_same_tensors, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 def test_cli_times_the_step_and_writes_json(tmp_path, capsys):
@@ -73,8 +73,7 @@ def test_compile_compiles_the_head_in_place_and_the_steps_are_unchanged(compiled
     inputs = [n.name for n in graph.graph.nodes if n.op == "placeholder"]
     assert sum("_parameters_" in name for name in inputs) == len(list(model.head.parameters()))
     assert losses[0] == losses[1]
-    for name, value in weights[0].items():
-        assert torch.equal(weights[1][name], value), name
+    assert_same_tensors(weights[1], weights[0])
 
 
 def test_flops_of_a_compiled_step_are_counted_eagerly_without_compiling_again(compiled_graphs):

@@ -18,9 +18,9 @@ from hmfss.evaluation.timing import (count_flops, device_name, matmul_peak, peak
                                      reset_peak_memory, summarise, synchronizer, table_text)
 from hmfss.fast.memory import keep_freed_memory
 from hmfss.model import FewShotSegmenter, build_model, learnable_parameters
+from hmfss.training.distributed import DistInfo
 from hmfss.training.optim import OPTIMIZER_KINDS
 from hmfss.training.precision import autocast, autocast_dtype, grad_scaler
-from hmfss.training.distributed import DistInfo
 from hmfss.training.step import StepParts, forward_module, train_step
 
 
