@@ -1,11 +1,15 @@
 """Atomic writes: files get the umask's mode; stale temp files of hmfss's own naming go."""
 
+import errno
 import os
+import stat
+import threading
 import time
 
 import pytest
 
-from hmfss.atomic import atomic_write_text, is_own_temp, remove_stale_temps
+from hmfss.atomic import atomic_write, atomic_write_text, is_own_temp, remove_stale_temps
+from hmfss.errors import HmfssError
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -53,3 +57,35 @@ def test_the_pattern_matches_what_atomic_write_creates(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", spy)
     atomic_write_text(tmp_path / "history.jsonl", "{}")
     assert len(seen) == 1 and is_own_temp(seen[0])
+
+
+def test_a_named_pipe_is_written_into_not_replaced(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    atomic_write_text(pipe, "streamed\n")
+    reader.join(timeout=10)
+    assert received == ["streamed\n"]
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # still the pipe, not a regular file renamed over it
+
+
+def test_a_folder_is_never_replaced(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(HmfssError, match="cannot write .*/d: it is a folder"):
+        atomic_write_text(tmp_path / "d", "x")
+    assert (tmp_path / "d").is_dir()
+
+
+def test_a_file_system_error_names_the_file_and_leaves_no_temp(tmp_path):
+    (tmp_path / "r.json").write_text("old")
+
+    def disk_full(handle):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(HmfssError, match=f"cannot write .*/r.json: {os.strerror(errno.ENOSPC)}"):
+        atomic_write(tmp_path / "r.json", disk_full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    assert (tmp_path / "r.json").read_text() == "old"

@@ -67,6 +67,17 @@ def _images(root: Path) -> None:
     nan = np.full((8, 8), np.nan, np.float32)
     Image.fromarray(nan, "F").save(root / "nan.tif")
     Image.new("L", (200, 100)).save(root / "wide.png")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (300, 300, 3), np.uint8)).save(buffer, "JPEG")
+    (root / "cut.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) * 9 // 10])  # header intact
+    for name, (h, w) in {"y_overlay": (40, 50), "cat": (40, 50)}.items():  # support-dir classes
+        (root / "sd" / name / "masks").mkdir(parents=True)
+        (root / "sd" / name / "images").mkdir()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).save(root / "sd" / name / "images" / "a.jpg")
+        Image.fromarray(mask).save(root / "sd" / name / "masks" / "a.png")
+    (root / "sdq").mkdir()
+    for stem in ("x", "x_mask_y"):  # x's mask for class y_overlay and x_mask_y's overlay share a name
+        Image.fromarray(rng.integers(0, 255, (30, 30, 3), np.uint8)).save(root / "sdq" / f"{stem}.jpg")
 
 
 def _data(root: Path) -> dict:
@@ -103,6 +114,9 @@ def world(tmp_path_factory):
     out.mkdir()
     (out / "taken").write_text("a file that must stay as it is")
     (out / "adir").mkdir()
+    (out / "qdir").mkdir()  # queries x.png and x_mask.png: x's mask would replace the second query
+    for stem in ("x", "x_mask"):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(out / "qdir" / f"{stem}.png")
     return {"root": root, "out": out, **{k: str(v) for k, v in paths.items()}}
 
 
@@ -133,6 +147,8 @@ CASES = {
     "predict-query-text-as-png": (_predict(query="--query {root}/text.png"), "cannot read image"),
     "predict-query-empty-folder": (_predict(query="--query {root}/emptydir"), "no images in folder"),
     "predict-query-nan-tiff": (_predict(query="--query {root}/nan.tif"), "holds NaN"),
+    "predict-query-truncated-after-a-good-one": (_predict(query="--query {root}/q.jpg {root}/cut.jpg"),
+                                                 "cannot read image .*cut.jpg: image file is truncated"),
     "predict-query-over-pixel-limit": (_predict(query="--query {root}/wide.png") + " --max-pixels 19999",
                                        "over the pixel limit of 19999"),
     "predict-threshold-nan": (P + " --threshold nan", "--threshold must be a number from 0 to 1, got nan"),
@@ -175,6 +191,12 @@ CASES = {
     # predict: output paths
     "predict-out-is-file": (P.replace("{out}/p", "{out}/taken"), "--out .*taken is a file; give a folder"),
     "predict-out-under-file": (P.replace("{out}/p", "{out}/taken/sub"), "taken is a file, not a folder"),
+    "predict-out-in-proc": (P.replace("{out}/p", "/proc/hmfss-out"), "cannot write in /proc"),
+    "predict-out-would-replace-a-query": (_predict(query="--query {out}/qdir").replace("{out}/p", "{out}/qdir"),
+                                          "the output .*qdir/x_mask.png for .*x.png would overwrite an input file"),
+    "predict-outputs-of-two-queries-share-a-name": (
+        "predict --checkpoint {root}/ckpt.pt --support-dir {root}/sd --query {root}/sdq --out {out}/p",
+        "two outputs would be named .*x_mask_y_overlay.png: one for .*x.jpg, one for .*x_mask_y.jpg"),
     # test
     "test-json-is-folder": (T + " --json {out}/adir", "--json .*adir is a folder; give a file name"),
     "test-json-under-file": (T + " --json {out}/taken/r.json", "taken is a file, not a folder"),
@@ -188,7 +210,11 @@ CASES = {
     "test-no-split-lists": (T.replace(" --splits {psplits}", ""), "hmfss data splits"),
     "test-fss-empty-test-list": ("test --benchmark fss --datapath {bench} --splits {empty_splits} --checkpoint "
                                  "{root}/ckpt.pt --workers 0", "split has no images: its list in"),
-    "test-episodes-zero": (T.replace("--episodes 1", "--episodes 0"), "--episodes must be at least 1, got 0"),
+    "test-episodes-zero": (T.replace("--episodes 1", "--episodes 0"), "--episodes must be between 1 and 1000000 .*got 0"),
+    "test-episodes-huge": (T.replace("--episodes 1", "--episodes 99999999999999"),
+                           "--episodes must be between 1 and 1000000 .*got 99999999999999"),
+    "test-workers-huge": (T + " --workers 100000", "--workers must be at most 256, got 100000"),
+    "test-json-in-proc": (T + " --json /proc/hmfss.json", "cannot write in /proc"),
     "test-ckpt-nan": (T.replace("{root}/ckpt.pt", "{root}/nan.pt"), "holds NaN or infinite weights"),
     "test-ckpt-text": (T.replace("{root}/ckpt.pt", "{root}/text.pt"), "is not a PyTorch checkpoint"),
     "test-strict-empty-ground-truth": (TF + " --strict --json {out}/strict.json", "is empty or entirely ignored"),
@@ -198,6 +224,8 @@ CASES = {
     "benchmark-img-size-huge": (B.replace("--img-size 32", "--img-size 100000"), "got 100000"),
     "benchmark-img-size-negative": (B.replace("--img-size 32", "--img-size -5"), "got -5"),
     "benchmark-threads-negative": (B + " --threads -1", "--threads must be at least 1, got -1"),
+    "benchmark-threads-huge": (B + " --threads 100000", "--threads must be at most 1024, got 100000"),
+    "benchmark-batch-huge": (B + " --batch 100000", "--batch must be at most 1024 .*got 100000"),
     "benchmark-device-meta": (B + " --device meta", "'meta' holds no data"),
     "benchmark-json-is-folder": (B + " --json {out}/adir", "--json .*adir is a folder"),
     "benchmark-nshot-zero": (B + " --nshot 0", "--nshot must be at least 1"),
@@ -224,6 +252,8 @@ CASES = {
     "episodes-seed-negative": (E + " --seed -1", "--seed must be an integer from 0 to 4294967295, got -1"),
     "episodes-split-seed-too-large": (E + " --split-seed 4294967296", "--split-seed must be an integer from 0 to "),
     "episodes-fold-out-of-range": (E + " --fold 9", "fold 9 is out of range"),
+    "episodes-nshot-huge": (E + " --nshot 100000000 --episodes 1", "--nshot must be between 1 and 1000, got 100000000"),
+    "episodes-out-in-proc": (E + " --out /proc/hmfss.jsonl", "cannot write in /proc"),
     "episodes-fss-empty-list": ("episodes --benchmark fss --splits {empty_splits}", "split has no images"),
     "episodes-splits-missing": (E.replace("{psplits}", "{root}/nowhere"), "split list folder not found"),
     "episodes-protocol-unknown": (E + " --protocol other", "invalid choice: 'other'"),
@@ -241,6 +271,7 @@ CASES = {
     "train-config-unknown-setting": (R + " --config {root}/unknown.yaml", "unknown setting 'colour'"),
     "train-config-not-a-mapping": (R + " --config {root}/list.yaml", "must hold a mapping"),
     "train-bsz-zero": (R + " --bsz 0", "bsz must be at least 1"),
+    "train-workers-huge": (R + " --workers 100000", "workers must be at most 256, got 100000"),
     "train-lr-negative": (R + " --lr -1", "lr must be positive"),
     "train-optimizer-unknown": (R + " --optimizer sgd", "optimizer must be one of"),
     "train-heldout-ratio": (R + " --val-split heldout --heldout-ratio 1.5", "heldout_ratio must be in (0, 1)"),
@@ -262,3 +293,21 @@ def test_bad_input(world, case, capsys):
         assert_refused([part.format(**world) for part in template.split()], message, world["out"], capsys)
     finally:
         hio.set_max_pixels(hio.DEFAULT_MAX_PIXELS)
+
+
+@pytest.mark.parametrize("error, code, message", [
+    (OSError(28, "No space left on device", "/data/out.jsonl"), 2, "hmfss: error: No space left on device: /data/out.jsonl"),
+    (OSError(36, "File name too long"), 2, "hmfss: error: File name too long"),
+    (BrokenPipeError(32, "Broken pipe"), 141, None),  # `hmfss episodes | head`: the reader left; no message
+])
+def test_file_system_errors_are_one_line(monkeypatch, capsys, error, code, message):
+    import hmfss.cli.episodes
+    from hmfss.cli.main import main
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(hmfss.cli.episodes, "run", fail)
+    assert main(["episodes", "--benchmark", "fss"]) == code
+    err = capsys.readouterr().err
+    assert err.splitlines() == ([message] if message else [])

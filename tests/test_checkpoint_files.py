@@ -9,6 +9,8 @@ import zipfile
 import pytest
 import torch
 
+from helpers import saved_tiny_model
+
 from hmfss import build_model, load_model, save_checkpoint
 from hmfss.checkpoint import load_checkpoint, read_checkpoint
 from hmfss.errors import HmfssError
@@ -16,10 +18,7 @@ from hmfss.errors import HmfssError
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=32)
-    path = save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-    return model, path, torch.load(path, weights_only=True)
+    return saved_tiny_model(tmp_path_factory.mktemp("ckpt"))
 
 
 def write(tmp_path, name, obj):

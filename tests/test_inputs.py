@@ -1,11 +1,12 @@
 """Validation helpers of the public API: each bad argument gives an HmfssError naming it."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from hmfss import build_model, load_model
+from hmfss import build_model, encode_classes, load_model, save_checkpoint, segment_classes, vote
 from hmfss.errors import HmfssError
 from hmfss.inputs import (MAX_IMG_SIZE, check_device, check_images, check_img_size, check_masks, check_min,
                           check_output_dir, check_output_file, check_support_set)
@@ -120,6 +121,24 @@ def test_output_paths(tmp_path):
         check_output_dir(tmp_path / "f" / "sub", "--out")
 
 
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path):
+    with pytest.raises(HmfssError, match="--out is empty; give a path"):
+        check_output_dir("", "--out")
+    with pytest.raises(HmfssError, match="--json is empty; give a path"):
+        check_output_file(" ", "--json")
+    with pytest.raises(HmfssError, match=f"the name {'a' * 40}... is longer than 255 bytes"):
+        check_output_file(tmp_path / ("a" * 256 + ".json"), "--json")
+    assert check_output_file(tmp_path / ("a" * 250 + ".json"), "--json") is not None  # 255 bytes: fine
+    if Path("/proc/self").is_dir():  # a folder every mode check lets through, where nothing can be created
+        with pytest.raises(HmfssError, match="--out /proc/x: cannot write in /proc"):
+            check_output_dir("/proc/x", "--out")
+        with pytest.raises(HmfssError, match="--out /proc: cannot write in /proc"):
+            check_output_dir("/proc", "--out")
+    os.mkfifo(tmp_path / "pipe")  # a stream is written as it is, not replaced
+    assert check_output_file(tmp_path / "pipe", "--json") == tmp_path / "pipe"
+    assert check_output_file("/dev/null", "--json") == Path("/dev/null")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_output_folder(tmp_path):
     locked = tmp_path / "locked"
@@ -141,3 +160,37 @@ def test_unwritable_output_folder(tmp_path):
 def test_bad_model_arguments_are_one_line_errors(call, message):
     with torch.device("meta"), pytest.raises(HmfssError, match=message):
         call()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model("hsnet", "efficientnet-lite0", "hm", img_size=32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, tmp: save_checkpoint(torch.nn.Linear(2, 2), tmp / "x.pt"),
+     r"model must be a FewShotSegmenter \(from build_model or load_model\), got Linear"),
+    (lambda m, tmp: save_checkpoint(m, tmp), "cannot write .*: it is a folder"),
+    (lambda m, tmp: save_checkpoint(m, tmp / "f" / "x.pt"), "cannot write .*f/x.pt: "),  # f is a file
+    (lambda m, tmp: segment_classes(None, torch.zeros(1, 3, 32, 32), []), "got NoneType"),
+    (lambda m, tmp: segment_classes(m, torch.zeros(1, 3, 32, 32), "ab"), "states must be a list, got str"),
+    (lambda m, tmp: encode_classes(m, "x"), "supports must be a list, got str"),
+    (lambda m, tmp: encode_classes(m, [torch.zeros(2)]), r"supports\[0\] must be an \(images, masks\) pair"),
+    (lambda m, tmp: vote("x"), r"vote takes \(B, K, H, W\) binary masks, got str"),
+    (lambda m, tmp: m.predict_mask(torch.zeros(1, 3, 32, 32), torch.zeros(1, 1, 3, 32, 32),
+                                   masks(s=32).to_sparse()), r"support_masks must be a dense tensor, got layout sparse_coo"),
+])
+def test_bad_api_arguments_are_hmfss_errors(tiny_model, tmp_path, call, message):
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(HmfssError, match=message):
+        call(tiny_model, tmp_path)
+
+
+def test_class_states_may_come_from_any_iterable(tiny_model):
+    support = (torch.rand(1, 1, 3, 32, 32), masks(s=32))
+    states = encode_classes(tiny_model, iter([support, support]))
+    query = torch.rand(1, 3, 32, 32)
+    from_generator = segment_classes(tiny_model, query, (s for s in states))
+    from_list = segment_classes(tiny_model, query, states)
+    assert torch.equal(from_generator[0].labels, from_list[0].labels) and from_list[0].probs.shape[0] == 2

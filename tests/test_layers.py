@@ -18,7 +18,7 @@ LAYERS = [
     {"errors", "atomic", "inputs", "capability"},
     {"weights", "skip_init", "meta"},
     {"backbones"},
-    {"masking", "correlation"},
+    {"masking", "correlation", "logits"},
     {"fast"},
     {"heads"},
     {"model", "sizes"},

@@ -3,17 +3,21 @@
 A crash or an interrupt leaves either the old file or the new one, never a half-written file.
 Temp files are named ``.NAME.XXXXXXXX.tmp``; :func:`remove_stale_temps` deletes those an
 interrupted write left behind. Written files get the mode the user's umask gives (as
-``open()`` would), not the private 0600 of the temp file.
+``open()`` would), not the private 0600 of the temp file. A target that is a stream (a
+character device such as ``/dev/null``, or a named pipe) is written directly, never replaced.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Callable
+
+from hmfss.errors import HmfssError
 
 # ".NAME." + 8 characters of tempfile's alphabet + ".tmp": what atomic_write creates
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
@@ -53,25 +57,57 @@ def remove_stale_temps(folder: str | Path, older_than: float = 60.0) -> list[Pat
     return removed
 
 
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` exists as a character device or a named pipe (written, not replaced)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse a target that exists but is neither a regular file nor a stream (a folder, a
+    block device, a socket): replacing it would destroy it."""
+    if path.exists() and not path.is_file() and not is_stream(path):
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise HmfssError(f"cannot write {path}: it is {kind}")
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(handle)`` on a temp file in the same folder, fsync, rename over ``path``.
 
-    A crash leaves either the old file or the new one, never a half-written file.
+    A crash leaves either the old file or the new one, never a half-written file. An error of
+    the file system (full, read-only, no such folder) is an :class:`HmfssError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_replaceable(path)
+    if is_stream(path):
+        with open(path, "wb") as handle:
+            write(handle)
+        return path
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise HmfssError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

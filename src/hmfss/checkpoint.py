@@ -24,9 +24,9 @@ from hmfss.atomic import atomic_save
 from hmfss.errors import HmfssError
 from hmfss.heads import HEADS
 from hmfss.inputs import check_device, check_img_size, check_path
-from hmfss.model import FewShotSegmenter, build_model
+from hmfss.model import FewShotSegmenter, build_model, check_segmenter
 from hmfss.skip_init import random_init_skipped
-from hmfss.weights import legacy_declared_bytes, load_restricted, load_state
+from hmfss.weights import damaged_member, legacy_declared_bytes, load_restricted, load_state, tensor_problem
 
 FORMAT = "hmfss"
 VERSION = 1
@@ -34,6 +34,8 @@ VERSION = 1
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> Path:
     """Write ``model`` (its config and full state_dict, on CPU) plus ``extra`` entries."""
+    check_segmenter(model)
+    path = check_path(path, "checkpoint path")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "model": state}
     payload.update(extra)
@@ -42,7 +44,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> Path:
 
 def _check_archive(path: Path) -> bool:
     """Whether ``path`` is a zip-format checkpoint; refuse one whose records are compressed or
-    declare more bytes than the file holds (a small file must not fill the memory)."""
+    declare more bytes than the file holds (a small file must not fill the memory), or whose
+    data fails its CRC-32 (torch.load would load the damaged tensor)."""
     if not zipfile.is_zipfile(path):
         with path.open("rb") as handle:
             head = handle.read(2)
@@ -57,14 +60,17 @@ def _check_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
+            if not any(r.filename.endswith("data.pkl") for r in records):
+                raise HmfssError(f"{path} is a zip archive but not a PyTorch checkpoint (it has no data.pkl)")
+            declared = sum(r.file_size for r in records)
+            if any(r.compress_type != zipfile.ZIP_STORED for r in records) or declared > size:
+                raise HmfssError(f"checkpoint {path} declares {declared} bytes of data in a {size}-byte file "
+                                 f"(compressed records); torch.save never writes such files")
+            damaged = damaged_member(archive)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise HmfssError(f"checkpoint {path} is a damaged zip archive: {exc}") from None
-    if not any(r.filename.endswith("data.pkl") for r in records):
-        raise HmfssError(f"{path} is a zip archive but not a PyTorch checkpoint (it has no data.pkl)")
-    declared = sum(r.file_size for r in records)
-    if any(r.compress_type != zipfile.ZIP_STORED for r in records) or declared > size:
-        raise HmfssError(f"checkpoint {path} declares {declared} bytes of data in a {size}-byte file "
-                         f"(compressed records); torch.save never writes such files")
+    if damaged is not None:
+        raise HmfssError(f"checkpoint {path} is damaged: {damaged[1]} in {damaged[0]} (re-download or re-save it)")
     return True
 
 
@@ -109,6 +115,9 @@ def _tensor_state(state: Any, path: str | Path, where: str) -> dict[str, Tensor]
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise HmfssError(f"checkpoint {path}: {where} entry {key!r} is a {type(value).__name__}, not a tensor")
+        problem = tensor_problem(key, value)
+        if problem is not None:
+            raise HmfssError(f"checkpoint {path}: {where} entry {problem}")
     return state
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import numbers
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from hmfss.atomic import is_stream
 from hmfss.errors import HmfssError
 
 # Largest network input side: the 4D correlation of the heads grows with (side / 8) ** 4,
@@ -46,6 +48,9 @@ def _on_cpu(t: Tensor) -> bool:
 def _tensor(value: Any, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise HmfssError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise HmfssError(f"{name} must be a dense tensor, got layout {str(value.layout).removeprefix('torch.')}"
+                         " (call .to_dense())")
     return value
 
 
@@ -207,6 +212,21 @@ def check_min(value: Any, option: str, minimum: int = 1) -> Any:
     return value
 
 
+# Upper bounds of counts that start threads or processes: far above any machine's need,
+# below what crashes the process (torch.set_num_threads(100000) segfaults; 100,000 loader
+# processes never finish starting)
+MAX_THREADS = 1024
+MAX_WORKERS = 256
+NAME_MAX = 255  # bytes of one file name on Linux and macOS file systems
+
+
+def check_at_most(value: Any, option: str, maximum: int, why: str = "") -> Any:
+    """``value`` (an option, may be None = default) is at most ``maximum``."""
+    if value is not None and value > maximum:
+        raise HmfssError(f"{option} must be at most {maximum}{why}, got {value}")
+    return value
+
+
 def check_device(name: str) -> str:
     """A device name torch knows and this build can use ("auto" allowed); returns it."""
     if name in (None, "auto"):
@@ -240,6 +260,17 @@ def _writable_ancestor(path: Path, option: str) -> None:
         raise HmfssError(f"{option} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HmfssError(f"{option} {path}: folder {parent} is not writable")
+    _try_writing_in(parent, path, option)
+
+
+def _try_writing_in(folder: Path, path: Path, option: str) -> None:
+    """Create and drop a file in ``folder``: what os.access does not tell (/proc, /sys, a
+    read-only mount; root passes every mode check)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise HmfssError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
 def check_path(value: Any, name: str) -> Path:
@@ -253,11 +284,15 @@ def check_output_file(path: str | Path | None, option: str) -> Path | None:
     """``path`` can be written as a file: not a folder, inside a writable (or creatable) folder."""
     if path is None:
         return None
-    path = Path(path)
+    path = _non_empty_path(path, option)
     if path.is_dir():
         raise HmfssError(f"{option} {path} is a folder; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
         raise HmfssError(f"{option} {path} is not writable")
+    if is_stream(path):  # /dev/null, /dev/stdout, a named pipe: written as it is
+        return path
+    if path.exists() and not path.is_file():
+        raise HmfssError(f"{option} {path} is not a regular file")
     _writable_ancestor(path, option)
     return path
 
@@ -266,12 +301,24 @@ def check_output_dir(path: str | Path | None, option: str) -> Path | None:
     """``path`` is a writable folder or can be created as one."""
     if path is None:
         return None
-    path = Path(path)
+    path = _non_empty_path(path, option)
     if path.exists():
         if not path.is_dir():
             raise HmfssError(f"{option} {path} is a file; give a folder")
         if not os.access(path, os.W_OK | os.X_OK):
             raise HmfssError(f"{option} {path} is not writable")
+        _try_writing_in(path, path, option)
         return path
     _writable_ancestor(path, option)
+    return path
+
+
+def _non_empty_path(path: str | Path, option: str) -> Path:
+    """``path`` as a Path: not empty, and no name in it longer than file systems take."""
+    if str(path).strip() == "":
+        raise HmfssError(f"{option} is empty; give a path")
+    path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise HmfssError(f"{option} {path}: the name {part[:40]}... is longer than {NAME_MAX} bytes")
     return path

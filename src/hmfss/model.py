@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmfss.backbones import Backbone, build_backbone
@@ -21,6 +20,7 @@ from hmfss.fast.path import FastPath
 from hmfss.heads import HEADS, Head
 from hmfss.inputs import (check_device_of, check_images, check_img_size, check_one_shot, check_output_size,
                           check_query_batch, check_support_set)
+from hmfss.logits import foreground, upsample_logits, vote
 from hmfss.masking import check_strategy, input_mask, needs_input_masking
 from hmfss.sizes import SquareSides, image_side_problem, support_plane_problem
 
@@ -62,36 +62,6 @@ class SupportState:
     def shot_range(self, first: int, last: int) -> "SupportState":
         """The shots ``first`` to ``last`` - 1."""
         return SupportState([f[:, first:last] for f in self.feats], self.masks[:, first:last])
-
-
-def vote(shot_masks: Tensor) -> Tensor:
-    """The original K-shot rule: (B, K, H, W) binary -> (B, H, W) binary.
-
-    K = 1 returns the mask; otherwise votes are normalised by the episode's maximum vote
-    (at least 1) and thresholded at 0.5.
-    """
-    votes = shot_masks.sum(dim=1)
-    if shot_masks.shape[1] == 1:
-        return votes
-    top = votes.flatten(1).amax(dim=1).clamp(min=1).view(-1, 1, 1)
-    return (votes.float() / top >= 0.5).to(votes.dtype)
-
-
-def foreground(logits: Tensor) -> Tensor:
-    """``logits.argmax(dim=1)`` for 2-class logits (N, 2, H, W) -> (N, H, W) int64.
-
-    Computed as a comparison, with argmax's rules for ties (background) and NaN (a NaN wins
-    unless the other logit is NaN too): the same mask, without a slow argmax over a strided
-    2-element dim (docs/performance.md).
-    """
-    background, fg = logits.unbind(1)
-    return ((fg > background) | (fg.isnan() & ~background.isnan())).long()
-
-
-def _upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)
 
 
 @runtime_checkable
@@ -301,7 +271,7 @@ class FewShotSegmenter(nn.Module):
         query_feats, masked = self._extract(query_img, support_img, support_mask.float())
         state = SupportState([f.unsqueeze(1) for f in masked], support_mask.float().unsqueeze(1))
         logits = self.lowres_logits(query_feats, state)[:, 0]
-        return _upsample(logits, support_img.shape[-2:])
+        return upsample_logits(logits, support_img.shape[-2:])
 
     # ---- -> mask ------------------------------------------------------------------------------
 
@@ -358,11 +328,19 @@ class FewShotSegmenter(nn.Module):
             output_size = tuple(query_img.shape[-2:])
         if isinstance(output_size, list):
             return [
-                vote(foreground(_upsample(logits[i], size)).unsqueeze(0))[0]
+                vote(foreground(upsample_logits(logits[i], size)).unsqueeze(0))[0]
                 for i, size in enumerate(output_size)
             ]
-        shot_masks = foreground(_upsample(logits.flatten(0, 1), output_size))
+        shot_masks = foreground(upsample_logits(logits.flatten(0, 1), output_size))
         return vote(shot_masks.unflatten(0, (b, k)))
+
+
+def check_segmenter(model: Any, name: str = "model") -> FewShotSegmenter:
+    """``model`` is a :class:`FewShotSegmenter` (from build_model or load_model)."""
+    if not isinstance(model, FewShotSegmenter):
+        raise HmfssError(f"{name} must be a FewShotSegmenter (from build_model or load_model), "
+                         f"got {type(model).__name__}")
+    return model
 
 
 def build_model(

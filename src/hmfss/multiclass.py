@@ -17,15 +17,15 @@ the shots. With a single class and no threshold the label map equals the single-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hmfss.errors import HmfssError
 from hmfss.inputs import check_images, check_query_batch, check_size_pair, check_threshold
-from hmfss.model import FewShotSegmenter, SupportState, foreground, vote
+from hmfss.logits import foreground, upsample_logits, vote
+from hmfss.model import FewShotSegmenter, SupportState, check_segmenter
 
 
 @dataclass
@@ -50,19 +50,24 @@ def combine(probs: Tensor, masks: Tensor, threshold: float | None = None) -> Ten
 
 def encode_classes(model: FewShotSegmenter, supports: Sequence[tuple[Tensor, Tensor]]) -> list[SupportState]:
     """One :class:`SupportState` per class from (1, K, 3, S, S) images and (1, K, S, S) masks."""
+    check_segmenter(model)
+    supports = _sequence(supports, "supports")
+    for i, pair in enumerate(supports):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise HmfssError(f"supports[{i}] must be an (images, masks) pair, got {type(pair).__name__}")
     return [model.encode_support(images, masks) for images, masks in supports]
 
 
-def _resize(logits: Tensor, size: Sequence[int]) -> Tensor:
-    """(K, 2, h, w) logits -> (K, 2, H, W), resized like :meth:`FewShotSegmenter.segment`."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)
+def _sequence(values: Any, name: str) -> list:
+    """``values`` (a list, tuple or other iterable, not a string or tensor) as a list."""
+    if isinstance(values, (str, bytes, Tensor)) or not isinstance(values, Iterable):
+        raise HmfssError(f"{name} must be a list, got {type(values).__name__}")
+    return list(values)
 
 
 def class_maps(logits: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
     """One query's (K, 2, h, w) logits of one class -> (H, W) probability and binary mask."""
-    full = _resize(logits, size)
+    full = upsample_logits(logits, size)
     mask = vote(foreground(full).unsqueeze(0))[0]
     prob = full.float().softmax(dim=1)[:, 1].mean(dim=0)
     return prob, mask
@@ -80,7 +85,9 @@ def segment_classes(
     ``output_sizes``: one (H, W) per query (default: the input size), like the original-size
     mode of :meth:`FewShotSegmenter.segment`.
     """
+    check_segmenter(model)
     check_images(query_img, "query_img")
+    states = _sequence(states, "states")
     if not states:
         raise HmfssError("segment_classes needs at least one class state")
     for i, state in enumerate(states):

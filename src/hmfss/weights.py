@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +158,73 @@ def legacy_declared_bytes(path: str | Path) -> int:
     return sum(scanner.sizes.values())
 
 
+_CRC_CHUNK = 1 << 24  # bytes read at a time while checking a member (zlib's CRC runs at GB/s)
+
+
+def damaged_member(archive: zipfile.ZipFile) -> tuple[str, str] | None:
+    """(name, reason) of the first member of ``archive`` whose data fails its CRC-32 (or
+    cannot be read back), else None. ``torch.load`` never checks these CRCs, so a flipped
+    byte in a tensor's data would otherwise load as a wrong weight."""
+    for info in archive.infolist():
+        try:
+            with archive.open(info) as member:
+                while member.read(_CRC_CHUNK):
+                    pass
+        except zipfile.BadZipFile as exc:
+            return info.filename, "CRC mismatch" if "CRC" in str(exc) else str(exc)
+        except (EOFError, OSError, ValueError, zlib.error) as exc:
+            return info.filename, str(exc) or type(exc).__name__
+    return None
+
+
+def check_archive_crc(path: str | Path, kind: str = "checkpoint") -> None:
+    """Refuse a zip-format ``torch.save`` file (described as ``kind``) whose member data does
+    not match its CRC-32; legacy (pickle) files carry no CRC and pass unchecked."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            found = damaged_member(archive)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise HmfssError(f"{kind} {path} is a damaged zip archive: {exc}") from None
+    if found is not None:
+        name, reason = found
+        raise HmfssError(f"{kind} {path} is damaged: {reason} in {name} (re-download or re-save it)")
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """"complex", "floating" or "integer" (bool and quantized included)."""
+    if dtype.is_complex:
+        return "complex"
+    return "floating" if dtype.is_floating_point else "integer"
+
+
+def tensor_problem(key: str, value: Tensor, own: Tensor | None = None) -> str | None:
+    """Why ``value`` cannot be loaded as the model's ``own`` tensor ``key`` (None: it can).
+
+    ``load_state_dict`` copies any dtype into a parameter (integers or complex numbers become
+    silently wrong float weights) and fails with a dispatcher traceback on sparse tensors."""
+    if value.layout != torch.strided:
+        return f"{key} is a {str(value.layout).removeprefix('torch.')} tensor, not a dense one"
+    kind = _dtype_kind(value.dtype)
+    if kind == "complex":
+        return f"{key} holds complex numbers ({str(value.dtype).removeprefix('torch.')})"
+    if own is not None and kind != _dtype_kind(own.dtype):
+        return (f"{key} holds {kind} values ({str(value.dtype).removeprefix('torch.')}), the model expects "
+                f"{_dtype_kind(own.dtype)} ones ({str(own.dtype).removeprefix('torch.')})")
+    return None
+
+
 def _describe(names: list[str]) -> str:
     more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
     return f"{names[0]!r}{more}"
 
 
 def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, kind: str = "checkpoint") -> None:
-    """Strictly load ``state``: any missing/unexpected key or shape mismatch is an error
-    naming the file (described as ``kind``) and the key."""
+    """Strictly load ``state``: any missing/unexpected key, shape mismatch, non-dense layout or
+    wrong kind of dtype (see :func:`tensor_problem`) is an error naming the file (described as
+    ``kind``) and the key."""
     own = model.state_dict()
     cfg = getattr(model, "config", None)
     what = f"{cfg.arch}/{cfg.backbone}" if cfg is not None else type(model).__name__
@@ -174,6 +235,9 @@ def load_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, kin
     if unexpected:
         raise HmfssError(f"{kind} {path} does not fit {what}: unexpected key {_describe(unexpected)}")
     for key, value in state.items():
+        problem = tensor_problem(key, value, own[key])
+        if problem is not None:
+            raise HmfssError(f"{kind} {path} does not fit {what}: {problem}")
         if tuple(value.shape) != tuple(own[key].shape):
             raise HmfssError(
                 f"{kind} {path} does not fit {what}: {key} has shape {tuple(value.shape)}, "

@@ -187,6 +187,25 @@ def test_coco_masks_errors(coco_json, tmp_path, monkeypatch, capsys):
     assert "is not a COCO instances file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [
+    ([1, 2], "is not a COCO instances file (it holds a list, not an object)"),
+    ({"images": [{"id": 1, "file_name": "a.jpg", "height": 0, "width": -5}], "annotations": [], "categories": []},
+     "image 1 has size -5x0; expected positive integers"),
+    ({"images": [{"id": 1, "file_name": "a.jpg", "height": 10**8, "width": 10**8}], "annotations": [],
+      "categories": []}, "image 1 is 100000000x100000000 pixels, over the pixel limit"),
+    ({"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}], "annotations": [{"id": 7}],
+      "categories": []}, "malformed COCO entry (KeyError: 'image_id')"),
+])
+def test_coco_masks_malformed_files_are_one_line_errors(tmp_path, capsys, content, message):
+    pytest.importorskip("pycocotools")
+    bad = tmp_path / "instances_x.json"
+    bad.write_text(json.dumps(content))
+    assert main(["data", "coco-masks", "--annotations", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err and str(bad) in err, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.png"))
+
+
 # ---- hmfss data voc-aug ----------------------------------------------------------------------
 
 def test_voc_aug(tmp_path, capsys):

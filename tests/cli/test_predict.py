@@ -137,11 +137,48 @@ def test_queries_with_the_same_stem_get_distinct_outputs(ckpt, files, capsys):
 def test_output_names_keep_just_enough_of_the_folders():
     from pathlib import Path
 
-    from hmfss.cli.predict import output_names
+    from hmfss.cli.outputs import output_names
 
     paths = [Path("/d/p/a/x.jpg"), Path("/d/q/a/x.jpg"), Path("/d/y.jpg"), Path("/d/z.jpg"), Path("/d/r/x.jpg")]
     assert output_names(paths) == ["p/a/x", "q/a/x", "y", "z", "d/r/x"]  # one depth per group
     assert output_names([Path("/e/a/x.jpg"), Path("/e/b/x.jpg"), Path("/e/b/x.png")]) == ["x", "x_jpg", "x_png"]
+
+
+def test_output_names_are_distinct_whatever_the_letter_case_and_stay_inside_out():
+    from pathlib import Path
+
+    from hmfss.cli.outputs import output_names
+
+    # x.JPG beside x.jpg, and a file already called x_jpg: numbered where still taken
+    assert output_names([Path("/c/x.jpg"), Path("/c/x.JPG"), Path("/c/x_jpg.png"), Path("/c/x.png")]) == [
+        "x_jpg", "x_jpg_2", "x_jpg_3", "x_png"]
+    assert output_names([Path("/c/X.jpg"), Path("/d/x.jpg")]) == ["c/X", "d/x"]  # X and x clash on macOS
+    # one folder at the root of the file system: no name starts with "/" (it would leave --out)
+    assert output_names([Path("/a/x.jpg"), Path("/b/a/x.jpg")]) == ["a/x", "b/a/x"]
+
+
+def test_predict_writes_one_pair_of_files_per_query_when_names_differ_only_by_case(ckpt, files):
+    (files / "c").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(files / "c" / "x.jpg")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(files / "c" / "x.JPG")
+    out = files / "out"
+    assert _run(ckpt, files, "--query", str(files / "c"), "--out", str(out)) == 0
+    sizes = {p.name: Image.open(p).size for p in out.glob("*_mask.png")}
+    assert sizes == {"x_jpg_mask.png": (16, 16), "x_jpg_2_mask.png": (30, 20)}  # sorted: x.JPG first
+
+
+def test_check_output_files_refuses_clashes_and_inputs(tmp_path):
+    from pathlib import Path
+
+    from hmfss.cli.outputs import check_output_files
+    from hmfss.errors import HmfssError
+
+    q1, q2 = Path("/q/a.jpg"), Path("/q/b.jpg")
+    check_output_files(tmp_path, [("a_mask.png", q1), ("a_overlay.png", q1), ("b_mask.png", q2)], [q1, q2])
+    with pytest.raises(HmfssError, match="two outputs would be named .*A_mask.png: one for /q/a.jpg, one for /q/b.jpg"):
+        check_output_files(tmp_path, [("a_mask.png", q1), ("A_mask.png", q2)], [q1, q2])
+    with pytest.raises(HmfssError, match="the output .*/b.jpg for /q/a.jpg would overwrite an input file"):
+        check_output_files(tmp_path, [("b.jpg", q1)], [tmp_path / "b.jpg"])
 
 
 def test_exif_rotated_query_gives_mask_in_displayed_orientation(ckpt, files):

@@ -94,3 +94,20 @@ def test_bad_support_folders_exit_2_with_one_line(folder, tmp_path, capsys, brea
                  "--query", str(folder / "q"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_hidden_folders_are_not_classes(folder, tmp_path):
+    sup = tmp_path / "sup"
+    shutil.copytree(folder / "sup", sup)
+    shutil.copytree(sup / "pear", sup / ".ipynb_checkpoints")  # a notebook's or an editor's folder
+    assert [c.name for c in read_support_dir(sup)] == ["apple", "pear"]
+
+
+def test_more_classes_than_a_label_image_holds_are_refused():
+    from hmfss.app.pipeline import MAX_CLASSES, ClassSupport, MultiClassSegmenter
+    from hmfss.errors import HmfssError
+
+    assert MAX_CLASSES == 255  # label PNGs: one byte per pixel, 0 for the background
+    classes = [ClassSupport(f"c{i}") for i in range(256)]
+    with pytest.raises(HmfssError, match="256 classes: at most 255 fit the one-byte label images"):
+        MultiClassSegmenter.prepare(None, classes)

@@ -50,6 +50,16 @@ def plain_and_deterministic(fn):
         torch.set_num_threads(threads)
 
 
+def saved_tiny_model(folder):
+    """A seeded tiny HSNet-HM (Lite0, 32 px) saved in ``folder``: (model, path, the saved payload)."""
+    from hmfss import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("hsnet", "efficientnet-lite0", "hm", img_size=32)
+    path = save_checkpoint(model, folder / "tiny.pt")
+    return model, path, torch.load(path, weights_only=True)
+
+
 def assert_same_tensors(a: dict, b: dict) -> None:
     """Two name -> tensor mappings (state dicts, optimizer states) with the same names and
     bit-identical tensors."""

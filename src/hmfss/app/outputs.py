@@ -65,14 +65,17 @@ def labels_json(names: Sequence[str], threshold: float | None = None) -> dict:
     return {"classes": classes, "threshold": threshold}
 
 
+def output_suffixes(names: Sequence[str]) -> list[str]:
+    """What follows the stem in the names of one query's files: labels, overlay, one mask per class."""
+    return ["_labels.png", "_overlay.png"] + [f"_mask_{name}.png" for name in names]
+
+
 def query_files(stem: str, image: Image.Image, pred: ClassPrediction, names: Sequence[str]) -> dict[str, Image.Image]:
     """File name -> image for one query's results."""
     labels = pred.labels.numpy()
-    files = {f"{stem}_labels.png": label_image(labels, len(names)),
-             f"{stem}_overlay.png": overlay_labels(image, labels, names)}
-    for index, name in enumerate(names, start=1):
-        files[f"{stem}_mask_{name}.png"] = Image.fromarray(((labels == index) * 255).astype(np.uint8))
-    return files
+    images = [label_image(labels, len(names)), overlay_labels(image, labels, names)]
+    images += [Image.fromarray(((labels == index) * 255).astype(np.uint8)) for index in range(1, len(names) + 1)]
+    return {f"{stem}{suffix}": img for suffix, img in zip(output_suffixes(names), images)}
 
 
 def write_results(out_dir: Path, stems: Sequence[str], images: Sequence[Image.Image],

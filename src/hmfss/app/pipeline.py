@@ -26,6 +26,7 @@ from hmfss.model import FewShotSegmenter, SupportState
 from hmfss.multiclass import ClassPrediction, encode_classes, segment_classes
 
 MAX_SHOTS = 5  # support images per class offered by the app
+MAX_CLASSES = 255  # label PNGs hold one byte per pixel, 0 being the background
 BATCH_SIZE = 4  # queries per forward pass (``hmfss predict``'s default)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
 
@@ -74,12 +75,13 @@ def support_tensors(support: ClassSupport, size: int) -> tuple[Tensor, Tensor]:
 
 
 def read_support_dir(root: str | Path) -> list[ClassSupport]:
-    """``DIR/<class>/images/*`` + ``DIR/<class>/masks/<stem>.png`` -> classes in name order."""
+    """``DIR/<class>/images/*`` + ``DIR/<class>/masks/<stem>.png`` -> classes in name order
+    (hidden folders such as ``.ipynb_checkpoints`` are not classes)."""
     root = Path(root)
     if not root.is_dir():
         raise HmfssError(f"support folder not found: {root}")
     classes = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = list_images(folder / "images") if (folder / "images").is_dir() else []
         if not images:
             raise HmfssError(f"support class folder {folder} has no images/ folder with images")
@@ -109,6 +111,8 @@ class MultiClassSegmenter:
     def prepare(cls, model: FewShotSegmenter, classes: Sequence[ClassSupport]) -> "MultiClassSegmenter":
         if not classes:
             raise HmfssError("the support set has no class")
+        if len(classes) > MAX_CLASSES:
+            raise HmfssError(f"{len(classes)} classes: at most {MAX_CLASSES} fit the one-byte label images")
         size = model.config.img_size
         device = next(model.parameters()).device
         tensors = [tuple(t.to(device) for t in support_tensors(c, size)) for c in classes]

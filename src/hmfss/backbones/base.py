@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from hmfss.errors import HmfssError
 from hmfss.inputs import check_path
-from hmfss.weights import load_state
+from hmfss.weights import check_archive_crc, load_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,6 +74,7 @@ class Backbone(nn.Module):
         path = check_path(path, "backbone weights")
         if not path.is_file():
             raise HmfssError(f"backbone weights file not found: {path}")
+        check_archive_crc(path, "backbone weights")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt or not a torch file

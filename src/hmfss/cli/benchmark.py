@@ -7,6 +7,8 @@ import argparse
 
 from hmfss.cli.predict import add_selection_argument
 
+MAX_BATCH = 1024  # episodes per timed step
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hmfss.capability import bf16_warning
     from hmfss.errors import HmfssError
-    from hmfss.inputs import check_device, check_img_size, check_min, check_output_file
+    from hmfss.inputs import MAX_THREADS, check_at_most, check_device, check_img_size, check_min, check_output_file
     from hmfss.training.distributed import resolve_device
 
     if args.train:
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         check_min(getattr(args, name), f"--{name.replace('_', '-')}")
     check_min(args.warmup, "--warmup", 0)
     check_min(args.threads, "--threads", 1)
+    check_at_most(args.threads, "--threads", MAX_THREADS)
+    check_at_most(args.batch, "--batch", MAX_BATCH, " (random episodes held in memory at once)")
     check_img_size(args.img_size, "--img-size")
     check_device(args.device)
     check_output_file(args.json, "--json")

@@ -2,14 +2,15 @@
 
 Each command lives in ``hmfss.cli.<name>`` and exposes ``register(subparsers)``, which adds
 its parser with ``set_defaults(func=run)``. Heavy imports stay inside ``run`` so that
-``hmfss --help`` is fast. A :class:`~hmfss.errors.HmfssError` becomes one line on stderr and
-exit status 2.
+``hmfss --help`` is fast. A :class:`~hmfss.errors.HmfssError`, or an error of the file system,
+becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from hmfss.errors import HmfssError
@@ -49,13 +50,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+        sys.stdout.flush()  # a full or closed stdout fails here, not in the interpreter's exit
     except HmfssError as exc:
         print(f"hmfss: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hmfss: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`hmfss episodes ... | head`): stop quietly
+        _discard_stdout()
+        return 141
+    except OSError as exc:  # the file system or a stream refused (disk full, name too long, ...)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"hmfss: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        _discard_stdout()
+        return 2
     return int(result or 0)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null if it can no longer be written, so that the interpreter's
+    final flush does not fail a second time."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 The support set is encoded once; queries (files or folders) are segmented in batches and
 written as ``<stem>_mask.png`` (0/255, at the query's displayed size) and ``<stem>_overlay.png``.
 Queries whose stems collide (``a/x.jpg b/x.jpg``, ``x.jpg x.png``) keep as much of their folder
-path as tells them apart (``a/x_mask.png``, ``b/x_mask.png``) or their suffix (``x_jpg_mask.png``).
+path as tells them apart (``a/x_mask.png``, ``b/x_mask.png``) or their suffix (``x_jpg_mask.png``),
+else a number (:mod:`hmfss.cli.outputs`); nothing is written before every query has been decoded.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 
@@ -118,45 +118,19 @@ def load_support_set(pairs: list[list[str]], size: int):
     return torch.stack(images)[None], torch.stack(masks)[None]
 
 
-def output_names(paths: list[Path]) -> list[str]:
-    """One distinct output name (without ``_mask.png``) per distinct query path.
-
-    Queries of one folder that differ only by suffix get it (``x_jpg``, ``x_png``); a name
-    still shared by queries of different folders gets the fewest trailing folder names that
-    tell them apart (``a/x``, ``b/x``).
-    """
-    resolved = [p.resolve() for p in paths]
-    same_folder = Counter((p.parent, p.stem) for p in resolved)
-    names = [f"{p.stem}_{p.suffix.lstrip('.').lower()}" if same_folder[p.parent, p.stem] > 1 else p.stem
-             for p in resolved]
-    groups: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        groups.setdefault(name, []).append(index)
-    for name, group in groups.items():
-        if len(group) < 2:
-            continue
-        for n in range(1, max(len(resolved[i].parent.parts) for i in group)):
-            candidate = ["/".join(resolved[i].parent.parts[-n:] + (name,)) for i in group]
-            if len(set(candidate)) == len(group):
-                break
-        for i, value in zip(group, candidate):
-            names[i] = value
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from PIL import Image
-    from tqdm import tqdm
 
-    from hmfss.data.io import check_image_file, overlay, read_image, save_image_atomic
+    from hmfss.data.io import overlay, read_image, save_image_atomic
     from hmfss.data.transforms import image_to_tensor
     from hmfss.checkpoint import load_model
     from hmfss.training.distributed import resolve_device
     from hmfss.errors import HmfssError
     from hmfss.inputs import check_output_dir, check_threshold
     from hmfss.atomic import remove_stale_temps
+    from hmfss.cli.outputs import check_output_files, check_queries_decode, output_names, progress_bar, query_outputs
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -165,12 +139,13 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(args.out, "--out")
     queries = list(dict.fromkeys(p.resolve() for p in expand_queries(args.query)))
     names = output_names(queries)
-    for query in queries:  # headers only: a bad query is refused before anything is written
-        check_image_file(query)
+    check_queries_decode(queries)
     if args.support_dir is not None:
         from hmfss.cli.predict_classes import run_support_dir
 
         return run_support_dir(args, queries, names)
+    check_output_files(out_dir, query_outputs(queries, names, ["_mask.png", "_overlay.png"]),
+                       queries + [Path(p) for pair in args.support for p in pair])
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.arch, args.backbone, args.masking, args.img_size, device=device)
     model.exact_selection = not args.fast_selection
@@ -180,21 +155,20 @@ def run(args: argparse.Namespace) -> int:
     replaced = 0
     with torch.inference_mode():
         state = model.encode_support(support_imgs.to(device), support_masks.to(device))
-        bar = tqdm(total=len(queries), desc="predict", unit="img", disable=len(queries) < 2)
-        for start in range(0, len(queries), args.batch_size):
-            chunk = queries[start:start + args.batch_size]
-            originals = [read_image(p) for p in chunk]
-            batch = torch.stack([image_to_tensor(img, size) for img in originals]).to(device)
-            masks = model.segment(batch, state, output_size=[(img.height, img.width) for img in originals])
-            for img, mask, name in zip(originals, masks, names[start:start + len(chunk)]):
-                binary = mask.cpu().numpy().astype(np.uint8)
-                for path, picture in ((out_dir / f"{name}_mask.png", Image.fromarray(binary * 255)),
-                                      (out_dir / f"{name}_overlay.png", overlay(img, binary))):
-                    replaced += path.exists()
-                    save_image_atomic(picture, path)
-            del originals, batch
-            bar.update(len(chunk))
-        bar.close()
+        with progress_bar(len(queries)) as bar:
+            for start in range(0, len(queries), args.batch_size):
+                chunk = queries[start:start + args.batch_size]
+                originals = [read_image(p) for p in chunk]
+                batch = torch.stack([image_to_tensor(img, size) for img in originals]).to(device)
+                masks = model.segment(batch, state, output_size=[(img.height, img.width) for img in originals])
+                for img, mask, name in zip(originals, masks, names[start:start + len(chunk)]):
+                    binary = mask.cpu().numpy().astype(np.uint8)
+                    for path, picture in ((out_dir / f"{name}_mask.png", Image.fromarray(binary * 255)),
+                                          (out_dir / f"{name}_overlay.png", overlay(img, binary))):
+                        replaced += path.exists()
+                        save_image_atomic(picture, path)
+                del originals, batch
+                bar.update(len(chunk))
     note = f" ({replaced} of them replaced files of an earlier run)" if replaced else ""
     print(f"wrote {2 * len(queries)} files to {out_dir}{note}")
     return 0

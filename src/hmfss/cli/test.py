@@ -158,13 +158,14 @@ def run(args: argparse.Namespace) -> int:
     from hmfss.errors import HmfssError
     from hmfss.evaluation.evaluate import evaluate
     from hmfss.evaluation.metrics import SegmentationMeter
-    from hmfss.inputs import check_output_dir, check_output_file
+    from hmfss.inputs import MAX_WORKERS, check_at_most, check_output_dir, check_output_file
     from hmfss.training.distributed import resolve_device
 
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 0:
         raise HmfssError(f"--workers must be >= 0, got {args.workers}")
+    check_at_most(args.workers, "--workers", MAX_WORKERS)
     check_model_arguments(args)
     check_output_file(args.json, "--json")
     check_output_dir(args.visualize, "--visualize")

@@ -32,6 +32,8 @@ from hmfss.errors import HmfssError
 from hmfss.data.splits import SplitInfo
 
 PROTOCOLS = ("hsnet", "asnet", "seeded")
+MAX_NSHOT = 1000  # support images per episode
+MAX_EPISODES = 1_000_000  # episodes of one list
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,11 @@ def make_episodes(info: SplitInfo, nshot: int = 1, episodes: int | None = None, 
     """The episodes of a split: ``episodes`` (default: the benchmark's standard count) of them."""
     if protocol not in PROTOCOLS:
         raise HmfssError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if nshot < 1:
-        raise HmfssError(f"--nshot must be at least 1, got {nshot}")
+    if not 1 <= nshot <= MAX_NSHOT:
+        raise HmfssError(f"--nshot must be between 1 and {MAX_NSHOT}, got {nshot}")
     count = info.default_episodes if episodes is None else int(episodes)
-    if count < 1:
-        raise HmfssError(f"--episodes must be at least 1, got {count}")
+    if not 1 <= count <= MAX_EPISODES:
+        raise HmfssError(f"--episodes must be between 1 and {MAX_EPISODES} (the list is built in memory), got {count}")
     if not info.entries or not info.class_ids:
         raise HmfssError(f"the {info.benchmark} {info.split} split has no images")
     _check_pools(info, info.classes_in_use)

@@ -271,7 +271,7 @@ def folder_classes(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise HmfssError(f"dataset folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    classes = sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and not p.name.startswith("."))
     if not classes:
         raise HmfssError(f"no class folders in {root} (expected {root}/<class>/images/*.jpg and {root}/<class>/masks/*.png)")
     return classes

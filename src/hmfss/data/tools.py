@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from hmfss.atomic import atomic_write_bytes
+from hmfss.data.io import max_pixels
 from hmfss.errors import HmfssError
 
 DEFAULT_SPLITS_URL = "https://raw.githubusercontent.com/juhongm999/hsnet/main/data/splits"
@@ -163,49 +164,71 @@ def _load_json(path: Path) -> dict:
             data = json.load(handle)
     except (OSError, ValueError) as exc:
         raise HmfssError(f"cannot read annotation file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise HmfssError(f"{path} is not a COCO instances file (it holds a {type(data).__name__}, not an object)")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise HmfssError(f"{path} is not a COCO instances file (no '{key}' list)")
     return data
 
 
+def _image_size(image: dict, ann_file: Path) -> tuple[int, int]:
+    """(height, width) of a COCO image entry: positive integers within the pixel limit."""
+    height, width = image["height"], image["width"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+        raise HmfssError(f"{ann_file}: image {image.get('id')} has size {width!r}x{height!r}; "
+                         "expected positive integers")
+    if height * width > max_pixels():
+        raise HmfssError(f"{ann_file}: image {image.get('id')} is {width}x{height} pixels, over the pixel limit "
+                         f"of {max_pixels()}")
+    return height, width
+
+
 def coco_masks(annotation_files: Iterable[str | Path], out: str | Path, skip_crowd: bool = False,
                progress: bool = True) -> dict[str, int]:
     """Write ``OUT/<subdir>/<image stem>.png`` for every image of every annotation file.
 
-    Returns counts {"written", "skipped"} (skipped = already present).
+    Returns counts {"written", "skipped"} (skipped = already present). A malformed entry
+    (missing key, wrong type) is an error naming the file.
     """
     mask_utils = _require_pycocotools()
-    out = Path(out)
     counts = {"written": 0, "skipped": 0}
-    for ann_file in annotation_files:
-        ann_file = Path(ann_file)
+    for ann_file in map(Path, annotation_files):
         data = _load_json(ann_file)
-        category_ids = sorted(int(c["id"]) for c in data["categories"])
-        label_of = {cid: index + 1 for index, cid in enumerate(category_ids)}
-        if len(label_of) > 255:
-            raise HmfssError(f"{ann_file}: {len(label_of)} categories do not fit an 8-bit mask")
-        by_image: dict[int, list[dict]] = {}
-        for ann in data["annotations"]:
-            by_image.setdefault(int(ann["image_id"]), []).append(ann)
-        folder = out / coco_subdir(ann_file)
-        images = sorted(data["images"], key=lambda im: int(im["id"]))
-        for image in _progress(images, len(images), coco_subdir(ann_file), progress):
-            target = folder / f"{Path(image['file_name']).stem}.png"
-            if target.is_file():
-                counts["skipped"] += 1
-                continue
-            height, width = int(image["height"]), int(image["width"])
-            label = np.zeros((height, width), dtype=np.uint8)
-            for ann in by_image.get(int(image["id"]), []):
-                if skip_crowd and ann.get("iscrowd", 0):
-                    continue
-                if int(ann["category_id"]) not in label_of:
-                    raise HmfssError(f"{ann_file}: annotation {ann.get('id')} has unknown category {ann['category_id']}")
-                label[rasterize(ann["segmentation"], height, width, mask_utils) > 0] = label_of[int(ann["category_id"])]
-            save_png(label, target)
-            counts["written"] += 1
+        try:
+            _write_masks_of(ann_file, data, Path(out), skip_crowd, progress, mask_utils, counts)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HmfssError(f"{ann_file}: malformed COCO entry ({type(exc).__name__}: {exc})") from None
     return counts
+
+
+def _write_masks_of(ann_file: Path, data: dict, out: Path, skip_crowd: bool, progress: bool, mask_utils,
+                    counts: dict[str, int]) -> None:
+    """The label PNGs of one annotation file's images (see :func:`coco_masks`)."""
+    category_ids = sorted(int(c["id"]) for c in data["categories"])
+    label_of = {cid: index + 1 for index, cid in enumerate(category_ids)}
+    if len(label_of) > 255:
+        raise HmfssError(f"{ann_file}: {len(label_of)} categories do not fit an 8-bit mask")
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    folder = out / coco_subdir(ann_file)
+    images = sorted(data["images"], key=lambda im: int(im["id"]))
+    for image in _progress(images, len(images), coco_subdir(ann_file), progress):
+        target = folder / f"{Path(image['file_name']).stem}.png"
+        if target.is_file():
+            counts["skipped"] += 1
+            continue
+        height, width = _image_size(image, ann_file)
+        label = np.zeros((height, width), dtype=np.uint8)
+        for ann in by_image.get(int(image["id"]), []):
+            if skip_crowd and ann.get("iscrowd", 0):
+                continue
+            if int(ann["category_id"]) not in label_of:
+                raise HmfssError(f"{ann_file}: annotation {ann.get('id')} has unknown category {ann['category_id']}")
+            label[rasterize(ann["segmentation"], height, width, mask_utils) > 0] = label_of[int(ann["category_id"])]
+        save_png(label, target)
+        counts["written"] += 1
 
 
 # ---- PASCAL VOC SegmentationClassAug ----------------------------------------------------------

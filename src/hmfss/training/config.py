@@ -23,7 +23,7 @@ from hmfss.data.augment import augmentation_from_config, augmentation_to_config
 from hmfss.errors import HmfssError
 from hmfss.heads import HEADS
 from hmfss.heads.recipe import PhotometricAugmentation
-from hmfss.inputs import check_device, check_img_size, check_seed
+from hmfss.inputs import MAX_WORKERS, check_at_most, check_device, check_img_size, check_seed
 
 VAL_SPLITS = ("val", "test", "heldout")
 OPTIMIZERS = ("adam", "adamw")
@@ -218,6 +218,7 @@ def validate(cfg: TrainConfig) -> None:
         raise HmfssError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.workers < 0 or cfg.checkpoint_every < 0:
         raise HmfssError("workers and checkpoint_every must not be negative")
+    check_at_most(cfg.workers, "workers", MAX_WORKERS)
     if not 0.0 < cfg.heldout_ratio < 1.0:
         raise HmfssError(f"heldout_ratio must be in (0, 1), got {cfg.heldout_ratio}")
 

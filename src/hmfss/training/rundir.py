@@ -19,9 +19,6 @@ stopped before its first ``last.pt`` (it holds config.yaml only) starts it from 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import sys
 from dataclasses import dataclass, field, replace
@@ -31,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmfss.atomic import atomic_write_text, remove_stale_temps
+from hmfss.atomic import remove_stale_temps
 from hmfss.checkpoint import read_checkpoint, save_checkpoint
 from hmfss.errors import HmfssError
 from hmfss.evaluation.metrics import SegmentationMeter
@@ -40,17 +37,17 @@ from hmfss.training.distributed import (
     DistInfo,
     all_gather_objects,
     broadcast_object,
+    on_main_rank,
     rng_state,
     seed_everything,
     set_rng_state,
 )
 from hmfss.training.divergence import finite_weights
+from hmfss.training.history import history_texts, holds, write_history
 from hmfss.training.optim import check_optimizer_state
 from hmfss.weights import load_state
 
 LOGGER_NAME = "hmfss.train"
-HISTORY_FIELDS = ("epoch", "step", "train_loss", "train_miou", "train_fb_iou", "val_miou", "val_fb_iou",
-                  "best_miou", "best_epoch", "lr", "episodes", "episodes_per_s", "epoch_seconds", "data_wait_seconds")
 # the history fields that measure time (they differ between otherwise identical runs)
 TIMING_FIELDS = ("episodes_per_s", "epoch_seconds", "data_wait_seconds")
 
@@ -63,6 +60,12 @@ RESUMABLE_OVERRIDES = frozenset({
     "epochs", "workers", "device", "amp", "compile", "checkpoint_every", "tensorboard", "progress",
     "skip_bad_images", "datapath", "splits",
 })
+# config.yaml settings last.pt need not agree with: the resumable ones, the folder, and the initial
+# backbone weights (last.pt replaces them; the file may have moved since)
+UNCHECKED_ON_RESUME = RESUMABLE_OVERRIDES | {"logdir", "backbone_weights"}
+
+# the files of a run besides last.pt (each must be a file when it exists)
+RUN_FILES = ("config.yaml", "log.txt", "history.jsonl", "history.csv", "best.pt")
 
 
 @dataclass
@@ -144,12 +147,19 @@ class RunDir:
     def last(self) -> Path:
         return self.path / "last.pt"
 
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
     def check(self, resume: bool) -> bool:
         """Check that the directory fits a new run (or, with ``resume``, holds one); changes
         nothing. Returns whether there is a last.pt to resume from: resuming a run stopped
         before its first checkpoint starts it from the beginning."""
         if self.path.exists() and not self.path.is_dir():
             raise HmfssError(f"run directory {self.path} is a file, not a folder")
+        for name in RUN_FILES:
+            if (self.path / name).exists() and not (self.path / name).is_file():
+                raise HmfssError(f"{self.path / name} is not a file (a folder?); the run directory is damaged")
         if resume:
             if self.last.exists() and not self.last.is_file():
                 raise HmfssError(f"cannot resume: {self.last} is not a file")
@@ -207,10 +217,13 @@ class RunDir:
         saved = read_checkpoint(self.last) if self.info.is_main else None
         saved = broadcast_object(saved, self.info)
         check_last(saved, self.last)
+        check_same_model(saved, model.config.to_dict(), self.last)
+        on_main_rank(lambda: check_best_exists(saved, self.best), self.info)
         load_state(model, saved["model"], self.last)
         if not finite_weights(model, trainable_only=False):
             raise HmfssError(f"cannot resume: {self.last} holds NaN or infinite weights")
         check_optimizer_state(optimizer, saved, self.last)
+        check_same_settings(saved, self.cfg.to_dict(), self.last)
         optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
@@ -227,7 +240,18 @@ class RunDir:
             log.info("world size changed since the checkpoint: RNG streams are re-seeded")
             seed_everything(self.cfg.seed + 1000 * state.epoch + self.info.rank)
         partial = saved["partial"][self.info.rank] if saved.get("partial") else None
+        if self.info.is_main:
+            self._restore_history(state.history, log)
         return state, partial
+
+    def _restore_history(self, history: list[dict[str, Any]], log: logging.Logger) -> None:
+        """Rewrite history.jsonl / history.csv from last.pt's history where they differ from it
+        (edited, damaged, or written by an epoch end whose last.pt a crash prevented)."""
+        stale = [name for name, text in history_texts(history).items() if not holds(self.path / name, text)]
+        if stale:
+            write_history(self.path, history)
+            log.info(f"rewrote {' and '.join(stale)} from {self.last.name} ({len(history)} finished "
+                     f"epoch(s)): they did not match it")
 
 
 def check_last(saved: dict[str, Any], path: Path) -> None:
@@ -244,15 +268,43 @@ def check_last(saved: dict[str, Any], path: Path) -> None:
                              f"missing or invalid; a best.pt copied over it?)")
 
 
-def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """history.jsonl (every key) and history.csv (:data:`HISTORY_FIELDS`), atomically."""
-    atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_FIELDS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in HISTORY_FIELDS})
-    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+def _mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] | set[str] = frozenset()
+              ) -> tuple[str, Any, Any] | None:
+    """(name, saved value, current value) of the first setting both record with different values."""
+    for name in sorted(set(saved) & set(current) - set(ignore)):
+        if saved[name] != current[name]:
+            return name, saved[name], current[name]
+    return None
+
+
+def check_same_model(saved: dict[str, Any], model_config: dict[str, Any], path: Path) -> None:
+    """The model last.pt was trained as (its ``config``) must be the one config.yaml builds: an
+    edited ``masking: hm`` -> ``fm`` would otherwise go on training hm weights as fm."""
+    recorded = saved.get("config")
+    found = _mismatch(recorded, model_config) if isinstance(recorded, dict) else None
+    if found is not None:
+        name, old, new = found
+        raise HmfssError(f"cannot resume: {path} holds a model with {name} {old!r}, but {path.parent / 'config.yaml'} "
+                         f"gives {name} {new!r}; restore config.yaml or start a new run")
+
+
+def check_same_settings(saved: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """The run's settings recorded in last.pt (``train_config``) must match config.yaml except
+    those a resumption may change (:data:`UNCHECKED_ON_RESUME`)."""
+    recorded = saved.get("train_config")
+    found = _mismatch(recorded, config, UNCHECKED_ON_RESUME) if isinstance(recorded, dict) else None
+    if found is not None:
+        name, old, new = found
+        raise HmfssError(f"cannot resume: {path} was trained with {name}={old!r}, but {path.parent / 'config.yaml'} "
+                         f"gives {name}={new!r}; restore config.yaml or start a new run")
+
+
+def check_best_exists(saved: dict[str, Any], best: Path) -> None:
+    """A run that recorded a best epoch must still hold its best.pt (nothing else can rebuild it)."""
+    if int(saved["best_epoch"]) > 0 and not best.is_file():
+        raise HmfssError(f"cannot resume: {best} is missing (the run's best val mIoU "
+                         f"{float(saved['best_miou']):.2f} was at epoch {int(saved['best_epoch'])}); "
+                         f"put it back or start a new run")
 
 
 # ---- log and TensorBoard -------------------------------------------------------------------------
@@ -265,7 +317,10 @@ def make_logger(run_dir: Path, info: DistInfo, console: bool) -> logging.Logger:
     logger.propagate = False
     close_logger(logger)
     if info.is_main:
-        file_handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+        try:
+            file_handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+        except OSError as exc:
+            raise HmfssError(f"cannot write the run's log {run_dir / 'log.txt'}: {exc.strerror or exc}") from None
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(file_handler)
         if console:
