@@ -153,6 +153,7 @@ CASES = {
                                        "over the pixel limit of 19999"),
     "predict-threshold-nan": (P + " --threshold nan", "--threshold must be a number from 0 to 1, got nan"),
     "predict-threshold-above-one": (P + " --threshold 2", "--threshold must be a number from 0 to 1, got 2.0"),
+    "predict-threshold-without-classes": (P + " --threshold 0.5", "--threshold applies to several classes"),
     "predict-max-pixels-zero": (P + " --max-pixels 0", "--max-pixels must be a positive integer"),
     "predict-support-mask-wrong-size": (_predict(support="{root}/s.jpg {root}/small.png"), "is 50x30 but its image"),
     "predict-support-mask-empty": (_predict(support="{root}/s.jpg {root}/empty.png"), "empty.png is empty"),

@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise HmfssError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_threshold(args.threshold, "--threshold")
+    if args.threshold is not None and args.support_dir is None:
+        raise HmfssError("--threshold applies to several classes (--support-dir); with --support the mask is "
+                         "the 2-class argmax")
     check_model_arguments(args)
     out_dir = check_output_dir(args.out, "--out")
     queries = list(dict.fromkeys(p.resolve() for p in expand_queries(args.query)))
