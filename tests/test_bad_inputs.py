@@ -93,6 +93,7 @@ def _data(root: Path) -> dict:
     bird = folder.datapath / "bird" / "masks" / "p.png"
     Image.fromarray(np.zeros(np.array(Image.open(bird)).shape, np.uint8)).save(bird)
     (root / "bad.yaml").write_text("epochs: [1\n")
+    (root / "classes.txt").write_text("bird\n")
     (root / "unknown.yaml").write_text("colour: red\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     return {"bench": bench, "empty_splits": empty_splits, "pascal": pascal.datapath, "psplits": pascal.splits,
@@ -218,6 +219,8 @@ CASES = {
     "test-json-in-proc": (T + " --json /proc/hmfss.json", "cannot write in /proc"),
     "test-ckpt-nan": (T.replace("{root}/ckpt.pt", "{root}/nan.pt"), "holds NaN or infinite weights"),
     "test-ckpt-text": (T.replace("{root}/ckpt.pt", "{root}/text.pt"), "is not a PyTorch checkpoint"),
+    "test-classes-and-test-ratio": (TF + " --classes {root}/classes.txt --test-ratio 0.5",
+                                    "--classes .*classes.txt and --test-ratio 0.5 both choose the test classes"),
     "test-strict-empty-ground-truth": (TF + " --strict --json {out}/strict.json", "is empty or entirely ignored"),
     "test-benchmark-unknown": (T.replace("pascal --datapath", "ade --datapath"), "invalid choice: 'ade'"),
     "test-max-pixels-negative": (T + " --max-pixels -1", "--max-pixels must be a positive integer"),

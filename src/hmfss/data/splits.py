@@ -280,7 +280,10 @@ def folder_classes(root: str | Path) -> list[str]:
 def folder_test_classes(classes: list[str], classes_file: str | Path | None = None,
                         test_ratio: float | None = None, split_seed: int = 0) -> list[str]:
     """Test classes: those listed in ``classes_file``; else a seeded random ``test_ratio`` of
-    the classes (at least one); else every class."""
+    the classes (at least one); else every class. Both at once is an error (one would be ignored)."""
+    if classes_file is not None and test_ratio is not None:
+        raise HmfssError(f"--classes {classes_file} and --test-ratio {test_ratio} both choose the test classes; "
+                         "give one of them")
     if classes_file is not None:
         path = Path(classes_file)
         if not path.is_file():
