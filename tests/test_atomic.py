@@ -89,3 +89,35 @@ def test_a_file_system_error_names_the_file_and_leaves_no_temp(tmp_path):
         atomic_write(tmp_path / "r.json", disk_full)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
     assert (tmp_path / "r.json").read_text() == "old"
+
+
+def test_a_staged_folder_moves_its_files_in_only_when_the_block_succeeds(tmp_path):
+    from hmfss.atomic import staged_folder
+
+    out = tmp_path / "vis"
+    with staged_folder(out) as stage:
+        (stage / "a.jpg").write_text("1")
+        assert sorted(p.name for p in out.iterdir()) == [stage.name]  # nothing in place yet
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg"]
+    with pytest.raises(RuntimeError):
+        with staged_folder(out) as stage:
+            (stage / "a.jpg").write_text("2")
+            (stage / "b.jpg").write_text("2")
+            raise RuntimeError("the third image is truncated")
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg"] and (out / "a.jpg").read_text() == "1"
+    with pytest.raises(RuntimeError):  # a folder the failed block made goes too
+        with staged_folder(tmp_path / "new" / "vis"):
+            raise RuntimeError
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == []
+
+
+def test_a_killed_runs_stage_is_removed_by_the_next(tmp_path):
+    from hmfss.atomic import staged_folder
+
+    left = tmp_path / ".staged.abcd1234.tmp"  # what a kill -9 leaves
+    left.mkdir()
+    (left / "x.jpg").write_text("half")
+    os.utime(left, (time.time() - 3600,) * 2)
+    with staged_folder(tmp_path) as stage:
+        (stage / "y.jpg").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.jpg"]

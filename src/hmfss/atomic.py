@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from hmfss.errors import HmfssError
 
@@ -49,6 +51,10 @@ def remove_stale_temps(folder: str | Path, older_than: float = 60.0) -> list[Pat
     removed = []
     now = time.time()
     for path in folder.iterdir():
+        if _is_stage(path) and now - path.stat().st_mtime >= older_than:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            continue
         if not is_own_temp(path.name) or path.is_symlink() or not path.is_file():
             continue
         if now - path.stat().st_mtime >= older_than:
@@ -125,3 +131,34 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda handle: handle.write(data))
+
+
+_STAGE_PREFIX = ".staged."
+
+
+def _is_stage(path: Path) -> bool:
+    """A folder :func:`staged_folder` made (``.staged.XXXXXXXX.tmp``)."""
+    return path.name.startswith(_STAGE_PREFIX) and is_own_temp(path.name) and path.is_dir() and not path.is_symlink()
+
+
+@contextmanager
+def staged_folder(folder: str | Path) -> Iterator[Path]:
+    """A hidden temp folder inside ``folder`` to write into; when the block ends without an
+    error its files move into ``folder`` (replacing same-named ones), after an error they are
+    deleted (with ``folder`` itself if this made it and it is empty): a failed run leaves no
+    partial set of outputs; a killed run's stage goes when the next one starts."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)  # a killed run's stage
+    stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, suffix=".tmp", dir=folder))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    for path in sorted(stage.iterdir()):
+        os.replace(path, folder / path.name)
+    stage.rmdir()

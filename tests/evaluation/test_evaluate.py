@@ -94,6 +94,19 @@ def test_bad_image_fails_or_is_skipped(tmp_path):
     assert [s["index"] for s in result["skipped_episodes"]] == bad
 
 
+def test_a_run_stopped_by_a_bad_image_leaves_no_visualization(tmp_path):
+    data = make_pascal(tmp_path)
+    (data.datapath / "VOC2012" / "JPEGImages" / "2009_000002.jpg").write_bytes(b"\x00garbage")
+    eps, loader, meter = setup(data, episodes=10, bsz=1)
+    first_bad = min(i for i, e in enumerate(eps) if "2009_000002" in (e.query, *e.supports))
+    assert first_bad > 0  # earlier episodes were visualized before the error
+    (tmp_path / "vis").mkdir()
+    (tmp_path / "vis" / "mine.txt").write_text("kept")
+    with pytest.raises(HmfssError, match="2009_000002"):
+        evaluate(ConstantModel(1), loader, meter, progress=False, visualize=tmp_path / "vis")
+    assert [p.name for p in (tmp_path / "vis").iterdir()] == ["mine.txt"]
+
+
 def test_visualize_writes_one_strip_per_episode(pascal, tmp_path):
     _, loader, meter = setup(pascal, episodes=3, nshot=2)
     evaluate(ConstantModel(1), loader, meter, progress=False, visualize=tmp_path / "vis")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from hmfss.atomic import staged_folder
 from hmfss.data.io import overlay, save_image_atomic
 from hmfss.errors import HmfssError
 from hmfss.evaluation.charts import tensor_to_pil
@@ -77,26 +79,25 @@ def evaluate(
     ``evaluated``, ``skipped`` and ``skipped_episodes`` [(index, message)].
     """
     device = torch.device(device)
-    vis_dir = Path(visualize) if visualize is not None else None
-    if vis_dir is not None:
-        vis_dir.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[int, str]] = []
     model.eval()
     bar = tqdm(total=total, unit="ep", desc="test", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for batch in loader:
-            if batch["errors"]:
-                if not skip_bad:
-                    raise HmfssError(batch["errors"][0][1])
-                skipped += batch["errors"]
-            if batch["size"]:
-                _evaluate_batch(model, batch, meter, device, original_size, vis_dir)
-            bar.update(batch["size"] + len(batch["errors"]))
-            if meter.count:
-                bar.set_postfix(mIoU=f"{meter.miou():.2f}", FB=f"{meter.fb_iou():.2f}",
-                                skipped=len(skipped), refresh=False)
-    finally:
-        bar.close()
+    # visualizations move into place when every batch has run: a failed run leaves none
+    with (staged_folder(visualize) if visualize is not None else nullcontext()) as vis_dir:
+        try:
+            for batch in loader:
+                if batch["errors"]:
+                    if not skip_bad:
+                        raise HmfssError(batch["errors"][0][1])
+                    skipped += batch["errors"]
+                if batch["size"]:
+                    _evaluate_batch(model, batch, meter, device, original_size, vis_dir)
+                bar.update(batch["size"] + len(batch["errors"]))
+                if meter.count:
+                    bar.set_postfix(mIoU=f"{meter.miou():.2f}", FB=f"{meter.fb_iou():.2f}",
+                                    skipped=len(skipped), refresh=False)
+        finally:
+            bar.close()
     result = meter.summary()
     result.update(evaluated=meter.count, skipped=len(skipped),
                   skipped_episodes=[{"index": i, "error": msg} for i, msg in skipped])
