@@ -31,6 +31,7 @@ def _checkpoints(root: Path, model) -> None:
     torch.save({k: v for k, v in payload.items() if k != "model"}, root / "nomodel.pt")
     torch.save({**payload, "model": {**payload["model"], "head.x": "text"}}, root / "foreign.pt")
     torch.save({**payload, "config": {**payload["config"], "img_size": -5}}, root / "badsize.pt")
+    torch.save({**payload, "version": 999}, root / "future.pt")
     state = {k: (v.clone().fill_(float("nan")) if v.is_floating_point() else v) for k, v in payload["model"].items()}
     torch.save({**payload, "model": state}, root / "nan.pt")
     torch.save({"module.learner.x": torch.zeros(1)}, root / "original.pt")
@@ -171,6 +172,8 @@ CASES = {
     "predict-ckpt-foreign-entry": (_predict(ckpt="{root}/foreign.pt"), "'head.x' is a str, not a tensor"),
     "predict-ckpt-bad-img-size": (_predict(ckpt="{root}/badsize.pt"), "img_size must be between 1 and 1024"),
     "predict-ckpt-nan": (_predict(ckpt="{root}/nan.pt"), "holds NaN or infinite weights"),
+    "predict-ckpt-future-version": (_predict(ckpt="{root}/future.pt"), "has format version 999; this hmfss reads "
+                                    "versions 1 to 1"),
     "predict-ckpt-plain-pickle": (_predict(ckpt="{root}/pickle.pt"), "damaged or not a PyTorch checkpoint"),
     "predict-ckpt-zip-not-torch": (_predict(ckpt="{root}/zip.pt"), "zip archive but not a PyTorch checkpoint"),
     "predict-ckpt-compressed-bomb": (_predict(ckpt="{root}/bomb.pt"), "bytes of data in a"),
@@ -188,6 +191,7 @@ CASES = {
     "predict-batch-size-zero": (P + " --batch-size 0", "--batch-size must be at least 1"),
     "predict-device-meta": (P + " --device meta", "'meta' holds no data"),
     "predict-device-unknown": (P + " --device abacus", "unknown device 'abacus'"),
+    "predict-device-cpu-index": (P + " --device cpu:1", "device 'cpu:1': the CPU takes no index"),
     "predict-masking-unknown": (P + " --masking sideways", "sideways"),
     "predict-unknown-flag": (P + " --colour red", "unrecognized arguments: --colour red"),
     # predict: output paths

@@ -133,6 +133,10 @@ def checkpoint_state(obj: dict[str, Any], path: str | Path) -> tuple[dict[str, T
     if obj.get("format") == FORMAT:
         if "model" not in obj:
             raise HmfssError(f"checkpoint {path} is an hmfss checkpoint without its 'model' entry")
+        version = obj.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+            raise HmfssError(f"checkpoint {path} has format version {version!r}; this hmfss reads versions 1 to "
+                             f"{VERSION} (a newer hmfss wrote it?)")
         config = obj.get("config")
         if not isinstance(config, dict):
             raise HmfssError(f"checkpoint {path}: 'config' is a {type(config).__name__}, not a mapping")

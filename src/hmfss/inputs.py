@@ -244,6 +244,8 @@ def check_device(name: str) -> str:
             raise HmfssError(f"device {name!r} requested but CUDA is not available")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise HmfssError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise HmfssError(f"device {name!r}: the CPU takes no index (use cpu)")
     elif device.type not in ("cpu", "mps"):
         raise HmfssError(f"device {name!r} is not supported (use cpu or cuda)")
     return name
