@@ -3,7 +3,9 @@ or an input, every query decoded before the first output is written, and the pro
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -81,12 +83,15 @@ def query_outputs(queries: list[Path], names: list[str], suffixes: list[str]) ->
 
 def check_queries_decode(queries: list[Path]) -> None:
     """Decode every query once (JPEGs at a reduced scale) before anything is written: a
-    truncated file or NaN samples are refused now, not after the first outputs exist."""
+    truncated file or NaN samples are refused now, not after the first outputs exist. A few
+    threads decode at once (Pillow decodes without the GIL); the first bad query in order wins."""
     from hmfss.data.io import check_image_file, read_image
 
     for query in queries:
         check_image_file(query)
-        read_image(query, draft=(1, 1))
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(lambda query: read_image(query, draft=(1, 1)).size, queries):
+            pass
 
 
 @contextmanager
