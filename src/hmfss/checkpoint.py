@@ -26,7 +26,7 @@ from hmfss.heads import HEADS
 from hmfss.inputs import check_device, check_img_size, check_path
 from hmfss.model import FewShotSegmenter, build_model, check_segmenter
 from hmfss.skip_init import random_init_skipped
-from hmfss.weights import damaged_member, legacy_declared_bytes, load_restricted, load_state, tensor_problem
+from hmfss.weights import check_archive_crc, legacy_declared_bytes, load_restricted, load_state, tensor_problem
 
 FORMAT = "hmfss"
 VERSION = 1
@@ -66,11 +66,9 @@ def _check_archive(path: Path) -> bool:
             if any(r.compress_type != zipfile.ZIP_STORED for r in records) or declared > size:
                 raise HmfssError(f"checkpoint {path} declares {declared} bytes of data in a {size}-byte file "
                                  f"(compressed records); torch.save never writes such files")
-            damaged = damaged_member(archive)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise HmfssError(f"checkpoint {path} is a damaged zip archive: {exc}") from None
-    if damaged is not None:
-        raise HmfssError(f"checkpoint {path} is damaged: {damaged[1]} in {damaged[0]} (re-download or re-save it)")
+    check_archive_crc(path, "checkpoint")
     return True
 
 

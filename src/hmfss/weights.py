@@ -161,7 +161,7 @@ def legacy_declared_bytes(path: str | Path) -> int:
 _CRC_CHUNK = 1 << 24  # bytes read at a time while checking a member (zlib's CRC runs at GB/s)
 
 
-def damaged_member(archive: zipfile.ZipFile) -> tuple[str, str] | None:
+def _damaged_member(archive: zipfile.ZipFile) -> tuple[str, str] | None:
     """(name, reason) of the first member of ``archive`` whose data fails its CRC-32 (or
     cannot be read back), else None. ``torch.load`` never checks these CRCs, so a flipped
     byte in a tensor's data would otherwise load as a wrong weight."""
@@ -185,7 +185,7 @@ def check_archive_crc(path: str | Path, kind: str = "checkpoint") -> None:
         return
     try:
         with zipfile.ZipFile(path) as archive:
-            found = damaged_member(archive)
+            found = _damaged_member(archive)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise HmfssError(f"{kind} {path} is a damaged zip archive: {exc}") from None
     if found is not None:
