@@ -1,9 +1,11 @@
+import collections
 import copy
 import pickle
 import re
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hmfss.fast import folding as backbones
 from hmfss.fast.folding import fold_backbone
@@ -194,3 +196,59 @@ def test_packed_convs_give_the_maps_of_plain_convs_and_depend_on_the_input_alone
     changed = maps(folded)
     assert not torch.equal(changed[-1], got[-1])
     assert_close(changed, plain(folded))
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _unfused_fold(backbone, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(backbones, "_fuse_resnet", lambda net: None)
+        return fold_backbone(backbone)
+
+
+@pytest.mark.skipif(not backbones.PACKED_CONVS, reason="this PyTorch has no oneDNN conv ops")
+@pytest.mark.parametrize("extra_shallow", [False, True])
+def test_folded_resnet_runs_relus_and_residual_sums_inside_its_convs(extra_shallow, monkeypatch):
+    torch.manual_seed(5)
+    backbone = build_backbone("resnet50", extra_shallow=extra_shallow)
+    fused, unfused = fold_backbone(backbone), _unfused_fold(backbone, monkeypatch)
+    images = torch.randn(2, 3, 72, 72).contiguous(memory_format=torch.channels_last)
+    with _CountOps() as ops, torch.no_grad():
+        got = fused(images)
+    # 16 blocks: 3 convs each (their ReLUs and the sum inside) + 4 downsample convs, and the stem's
+    assert ops.names["_convolution_pointwise"] == 16 * 2 + 4 + 1
+    assert ops.names["_convolution_pointwise_"] == 16
+    assert ops.names["add_"] == ops.names["add"] == 0
+    # the only ReLUs left outside the convs: one after each block (the taps are pre-ReLU block outputs)
+    assert ops.names["relu"] + ops.names["relu_"] == 16
+    for g, e in zip(got, unfused(images), strict=True):  # oneDNN may pick another kernel: up to rounding
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # not packed: the very same ops
+        assert all(torch.equal(g, e) for g, e in zip(fused(images), unfused(images), strict=True))
+
+
+@pytest.mark.skipif(not backbones.PACKED_CONVS, reason="this PyTorch has no oneDNN conv ops")
+def test_packed_conv_adds_into_the_other_tensor_where_packed(monkeypatch):
+    torch.manual_seed(6)
+    conv = backbones.PackedConv2d(torch.nn.Conv2d(8, 16, 1).requires_grad_(False))
+    x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(2, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias) + other
+    kept = other.clone()
+    with torch.no_grad():
+        got = conv.add_to(x, other)
+    assert got.data_ptr() == other.data_ptr()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with monkeypatch.context() as m, torch.no_grad():  # the plain path leaves `other` alone
+        m.setattr(backbones, "PACKED_CONVS", False)
+        plain = conv.add_to(x, kept)
+    assert plain.data_ptr() != kept.data_ptr()
+    torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)

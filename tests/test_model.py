@@ -372,13 +372,15 @@ def test_training_sends_each_layout_through_the_backbone_in_fuller_passes(monkey
         with torch.no_grad():
             model(q, s[:, 0], m[:, 0])
         assert sorted(passes) == expected, mode
-    # channels-last maps do not depend on the group (NCHW ones may, by rounding; the training
-    # step's exact pass takes the batch's supports whole, as the original's step does)
+    # the group changes channels-last maps by rounding at most (none with AVX-512; with AVX2 only,
+    # Lite0's by ~2e-7 relative); the training step's exact NCHW pass takes the batch's supports
+    # whole, as the original's step does
     net = model.fast_path.folded_backbone(model.backbone)
     with torch.no_grad():
         one, all_ = (grouped_passes(net, torch.cat([q, s[:, 0]]), torch.channels_last, [6], pixels)[0]
                      for pixels in (32 * 32, 6 * 32 * 32))
-    assert all(torch.equal(a, b) for a, b in zip(one, all_))
+    for a, b in zip(one, all_, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
 # ---- the public API refuses invalid inputs with an HmfssError naming the argument ---------------

@@ -79,16 +79,20 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, budget
 
 
 def _count_packed_convs() -> None:
-    """Give torch's FLOP counter the conv formula for oneDNN's packed conv op (used by the CPU
-    folded backbone, see fast.folding.PackedConv2d), which it does not know."""
+    """Give torch's FLOP counter the conv formula for oneDNN's packed conv ops (used by the CPU
+    folded backbone, see fast.folding.PackedConv2d), which it does not know: the plain op takes
+    (x, weight, ...), the in-place residual sum (other, x, weight, ...)."""
     from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
     if not PACKED_CONVS or torch.ops.mkldnn._convolution_pointwise in flop_registry:
         return
-    op = torch.ops.mkldnn._convolution_pointwise
 
-    @register_flop_formula(op)
+    @register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
     def _packed_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape)
+
+    @register_flop_formula(torch.ops.mkldnn._convolution_pointwise_)
+    def _packed_conv_add_flop(other_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
         return conv_flop_count(x_shape, w_shape, out_shape)
 
 
