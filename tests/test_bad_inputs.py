@@ -323,3 +323,42 @@ def test_file_system_errors_are_one_line(monkeypatch, capsys, error, code, messa
     assert main(["episodes", "--benchmark", "fss"]) == code
     err = capsys.readouterr().err
     assert err.splitlines() == ([message] if message else [])
+
+
+def _allocate_too_much_with_torch():
+    torch.empty(2**62, dtype=torch.uint8)  # the allocator refuses at once; nothing is touched
+
+
+def _allocate_too_much_with_numpy():
+    np.empty(2**62, dtype=np.uint8)
+
+
+def _cuda_out_of_memory():
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.6 GiB")
+
+
+@pytest.mark.parametrize("fail, size", [
+    (_allocate_too_much_with_torch, "4611686018.4 GB"),
+    (_allocate_too_much_with_numpy, "4.00 EiB"),
+    (_cuda_out_of_memory, "2.00 GiB"),
+])
+def test_an_input_too_large_for_memory_is_one_line(monkeypatch, capsys, fail, size):
+    import hmfss.cli.episodes
+    from hmfss.cli.main import main
+
+    monkeypatch.setattr(hmfss.cli.episodes, "run", lambda args: fail())
+    assert main(["episodes", "--benchmark", "fss"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hmfss: error: out of memory (could not allocate {size}): smaller images or batches need less"]
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+    import hmfss.cli.episodes
+    from hmfss.cli.main import main
+
+    def fail(args):
+        raise RuntimeError("a bug, not the input")
+
+    monkeypatch.setattr(hmfss.cli.episodes, "run", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["episodes", "--benchmark", "fss"])

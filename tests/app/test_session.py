@@ -35,3 +35,21 @@ def test_an_unreadable_upload_is_a_one_line_error(tmp_path):
         check_mask_file(str(bad))
     with pytest.raises(HmfssError, match="no support image"):
         check_image(None)
+
+
+def test_a_failing_step_becomes_a_message_on_the_page():
+    gr = pytest.importorskip("gradio")
+    import torch
+    from hmfss.app.ui import _shown
+
+    def too_large():
+        torch.empty(2**62, dtype=torch.uint8)
+
+    def refused():
+        raise HmfssError("query.png: cannot read")
+
+    for step, message in ((too_large, "out of memory (could not allocate 4611686018.4 GB)"),
+                          (refused, "query.png: cannot read")):
+        with pytest.raises(gr.Error) as raised:
+            _shown(step)()
+        assert raised.value.message == message

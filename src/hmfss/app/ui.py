@@ -14,7 +14,7 @@ import gradio as gr
 from hmfss.app.models import NO_MODEL, ModelChoice, default_checkpoint, open_model
 from hmfss.app.session import (Pending, add_example, check_image, check_mask_file, pending_text, queries_text,
                                query_paths, segment_queries, summary)
-from hmfss.errors import HmfssError
+from hmfss.errors import HmfssError, out_of_memory
 
 ARCHS = ["(from checkpoint)", "hsnet", "vat", "asnet"]
 BACKBONES = ["(from checkpoint)", "resnet50", "resnet101", "vgg16", "efficientnet-lite0"]
@@ -30,7 +30,7 @@ def _shown(fn: Callable) -> Callable:
         except HmfssError as exc:
             raise gr.Error(str(exc)) from None
         except Exception as exc:  # a failing step must not take the app down
-            raise gr.Error(f"{type(exc).__name__}: {exc}") from None
+            raise gr.Error(out_of_memory(exc) or f"{type(exc).__name__}: {exc}") from None
     return wrapper
 
 

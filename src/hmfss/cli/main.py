@@ -2,8 +2,8 @@
 
 Each command lives in ``hmfss.cli.<name>`` and exposes ``register(subparsers)``, which adds
 its parser with ``set_defaults(func=run)``. Heavy imports stay inside ``run`` so that
-``hmfss --help`` is fast. A :class:`~hmfss.errors.HmfssError`, or an error of the file system,
-becomes one line on stderr and exit status 2.
+``hmfss --help`` is fast. A :class:`~hmfss.errors.HmfssError`, an error of the file system or
+a failed memory allocation becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from hmfss.errors import HmfssError
+from hmfss.errors import HmfssError, out_of_memory
 
 COMMANDS = ("predict", "test", "episodes", "data", "train", "demo", "study", "benchmark", "app")
 
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`hmfss episodes ... | head`): stop quietly
         _discard_stdout()
         return 141
+    except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError subclasses
+        message = out_of_memory(exc)
+        if message is None:
+            raise
+        print(f"hmfss: error: {message}: smaller images or batches need less", file=sys.stderr)
+        return 2
     except OSError as exc:  # the file system or a stream refused (disk full, name too long, ...)
         where = f": {exc.filename}" if exc.filename else ""
         print(f"hmfss: error: {exc.strerror or exc}{where}", file=sys.stderr)
