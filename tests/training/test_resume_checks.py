@@ -106,3 +106,12 @@ def test_garbage_history_is_rewritten_from_last_pt(run):
     resume(run, epochs=1)  # nothing left to train: only the files are put right
     assert {name: (run / name).read_text() for name in expected} == expected
     assert "rewrote history.jsonl and history.csv from last.pt (1 finished epoch(s))" in (run / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("history", ["text", [1, 2], [{"loss": 0.5}], {"epoch": 1}])
+def test_a_last_pt_with_a_damaged_history_is_one_error(run, history):
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert [row["epoch"] for row in saved["history"]] == [1]
+    torch.save({**saved, "history": history}, run / "last.pt")
+    with pytest.raises(HmfssError, match=f"cannot resume: {run / 'last.pt'} is damaged \\(its 'history' entry"):
+        resume(run)

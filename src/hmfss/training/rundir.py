@@ -266,6 +266,10 @@ def check_last(saved: dict[str, Any], path: Path) -> None:
                 or isinstance(value, bool):
             raise HmfssError(f"cannot resume: {path} is not the last.pt of a training run ({key!r} entry "
                              f"missing or invalid; a best.pt copied over it?)")
+    history = saved.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                                                for row in history):
+        raise HmfssError(f"cannot resume: {path} is damaged (its 'history' entry is not a list of epoch records)")
 
 
 def _mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] | set[str] = frozenset()
