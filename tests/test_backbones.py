@@ -12,6 +12,7 @@ from hmfss.fast.folding import fold_backbone
 from hmfss.backbones import BACKBONES, build_backbone, lite0_weights_path
 from hmfss.backbones.resnet import max_pool_3x3_s2
 from hmfss.errors import HmfssError
+from hmfss.evaluation.timing import count_flops
 
 
 def _reference_resnet50_names(shared_reference):
@@ -233,6 +234,8 @@ def test_folded_resnet_runs_relus_and_residual_sums_inside_its_convs(extra_shall
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # not packed: the very same ops
         assert all(torch.equal(g, e) for g, e in zip(fused(images), unfused(images), strict=True))
+    # the benchmark's FLOP count knows the fused ops: the same count as the reference pass
+    assert count_flops(lambda: fused(images)) == count_flops(lambda: backbone(images.contiguous()))
 
 
 @pytest.mark.skipif(not backbones.PACKED_CONVS, reason="this PyTorch has no oneDNN conv ops")
