@@ -149,5 +149,6 @@ def test_an_image_over_the_pixel_limit_stops_the_run_and_resume_may_raise_the_li
     assert "Traceback" not in err
     assert re.search(r"hmfss: error: image .*\.jpg is 32x32 = 1024 pixels, over the pixel limit of 100 "
                      r"\(raise it with --max-pixels\)$", err.strip().splitlines()[-1])
+    assert re.search(r"stopped: image .*\.jpg is 32x32 = 1024 pixels", (tmp_path / "run" / "log.txt").read_text())
     assert main(["train", "--resume", str(tmp_path / "run"), "--max-pixels", "1024"]) == 0
     assert (tmp_path / "run" / "best.pt").is_file()

@@ -76,6 +76,28 @@ def test_a_diverging_run_stops_with_one_line_and_saves_no_checkpoint(bench, tmp_
     assert "stopped: training diverged" in (run / "log.txt").read_text()
 
 
+def test_running_out_of_memory_mid_run_is_one_line_logged_and_resumable(bench, tmp_path, capsys, monkeypatch):
+    from hmfss.training import loop
+
+    run, steps = tmp_path / "run", []
+    real_step = loop.train_step
+
+    def step_then_too_large(parts, batch):
+        steps.append(1)
+        if len(steps) == 3:  # epoch 2's first step (2 steps per epoch)
+            torch.empty(2**62, dtype=torch.uint8)  # the allocator refuses at once
+        return real_step(parts, batch)
+
+    monkeypatch.setattr(loop, "train_step", step_then_too_large)
+    assert main(_args(bench, run, "--epochs", "2", "--no-progress")) == 2
+    line = "out of memory (could not allocate 4611686018.4 GB)"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"hmfss: error: {line}: smaller images or batches need less"
+    assert f"stopped: {line}" in (run / "log.txt").read_text()
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert main(["train", "--resume", str(run), "--workers", "0"]) == 0  # epoch 1's checkpoint stands
+    assert "epoch 2/2" in (run / "log.txt").read_text()
+
+
 def test_the_command_line_resolves_the_settings_once(bench, tmp_path, monkeypatch):
     from hmfss.training import config, loop
 

@@ -38,7 +38,7 @@ from hmfss.data.augment import describe_augmentation
 from hmfss.data.dataset import EpisodeDataset, episode_loader
 from hmfss.data.sampling import augmentation_seeds, training_episodes
 from hmfss.data.splits import SplitInfo
-from hmfss.errors import HmfssError
+from hmfss.errors import HmfssError, out_of_memory
 from hmfss.evaluation.evaluate import evaluate
 from hmfss.evaluation.metrics import SegmentationMeter
 from hmfss.fast.memory import keep_freed_memory
@@ -154,8 +154,10 @@ class Trainer:
                               f"starting the run from the beginning")
             self._start()
             return self._train()
-        except Diverged as exc:
-            log_to_file(self.log, f"stopped: {exc}")
+        except (HmfssError, MemoryError, RuntimeError) as exc:  # divergence, a bad image, memory: say why in log.txt
+            reason = str(exc) if isinstance(exc, HmfssError) else out_of_memory(exc)
+            if reason is not None:
+                log_to_file(self.log, f"stopped: {reason}")
             raise
         finally:
             self.board.close()
