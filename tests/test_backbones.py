@@ -255,3 +255,7 @@ def test_packed_conv_adds_into_the_other_tensor_where_packed(monkeypatch):
         plain = conv.add_to(x, kept)
     assert plain.data_ptr() != kept.data_ptr()
     torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)
+    grad_other = kept.clone().requires_grad_()  # with autograd the plain path, so gradients stay right
+    got = conv.add_to(x, grad_other)
+    got.sum().backward()
+    assert torch.equal(grad_other.grad, torch.ones_like(kept))

@@ -362,3 +362,20 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(hmfss.cli.episodes, "run", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["episodes", "--benchmark", "fss"])
+
+
+@pytest.mark.parametrize("error, line", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 20000000 bytes."),
+     "out of memory (could not allocate 20.0 MB)"),
+    (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 512 bytes."),  # Windows
+     "out of memory (could not allocate 512 bytes)"),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), "out of memory"),
+    (RuntimeError("unable to write to file </torch_1_2>: Cannot allocate memory (12)"), "out of memory"),  # shared memory
+    (MemoryError(), "out of memory"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),
+    (ValueError("out of memory"), None),  # only allocator errors count
+])
+def test_allocator_messages_are_recognised(error, line):
+    from hmfss.errors import out_of_memory
+
+    assert out_of_memory(error) == line

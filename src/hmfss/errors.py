@@ -17,6 +17,16 @@ class HmfssError(Exception):
 
 
 _REQUEST = re.compile(r"(?:tried to allocate|unable to allocate) (\d+ bytes|[\d.]+ ?[KMGTPE]i?B)", re.IGNORECASE)
+# what PyTorch's CPU allocators (Linux, Windows), CUDA, cuBLAS and shared memory say when memory runs out
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "ALLOC_FAILED",
+                  "Cannot allocate memory")
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
 
 
 def out_of_memory(exc: BaseException) -> str | None:
@@ -25,12 +35,12 @@ def out_of_memory(exc: BaseException) -> str | None:
     Such a failure is no bug: the input was too large for this machine."""
     text = str(exc)
     if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+            or isinstance(exc, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY)):
         return None
     found = _REQUEST.search(text)
     if found is None:
         return "out of memory"
     size = found.group(1)
     if size.endswith(" bytes"):
-        size = f"{int(size.split()[0]) / 1e9:.1f} GB"
+        size = _size(int(size.split()[0]))
     return f"out of memory (could not allocate {size})"

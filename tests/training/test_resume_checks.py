@@ -108,10 +108,13 @@ def test_garbage_history_is_rewritten_from_last_pt(run):
     assert "rewrote history.jsonl and history.csv from last.pt (1 finished epoch(s))" in (run / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("history", ["text", [1, 2], [{"loss": 0.5}], {"epoch": 1}])
-def test_a_last_pt_with_a_damaged_history_is_one_error(run, history):
+@pytest.mark.parametrize("history", ["text", [1, 2], [{"loss": 0.5}], {"epoch": 1}, [{"epoch": True}],
+                                     [{"epoch": 1, "train_loss": torch.tensor(0.5)}]])
+def test_a_last_pt_with_a_damaged_history_is_one_error_and_changes_nothing(run, history):
     saved = torch.load(run / "last.pt", weights_only=True)
     assert [row["epoch"] for row in saved["history"]] == [1]
     torch.save({**saved, "history": history}, run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(HmfssError, match=f"cannot resume: {run / 'last.pt'} is damaged \\(its 'history' entry"):
         resume(run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # log.txt included

@@ -19,8 +19,9 @@ def grouped_passes(backbone: Backbone, images: Tensor, layout: torch.memory_form
 
     On the CPU the batch goes in groups of at most ``pixels_per_pass`` pixels, so that small
     images share a pass while large ones keep their activations in cache; elsewhere in one. A
-    part that is one group takes that group's maps as they are (no concatenation). Channels-last
-    maps do not depend on the group; NCHW ones may, by rounding, at small image sizes.
+    part that is one group takes that group's maps as they are (no concatenation). The group may
+    change maps by rounding: NCHW ones at small image sizes, channels-last ones of EfficientNet-Lite0
+    on AVX2 code paths (none measured with AVX-512).
     """
     images = images.contiguous(memory_format=layout)
     n, _, h, w = images.shape

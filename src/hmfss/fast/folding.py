@@ -70,7 +70,8 @@ class PackedConv2d(nn.Module):
         """conv(x) + other, (B, C_out, h, w); where packed the sum runs inside the conv and is
         written into ``other`` (same values: the conv's fp32 result plus ``other``)."""
         if self.relu or not (self._packable(x) and other.dtype == torch.float32 and other.dim() == 4
-                             and other.is_contiguous(memory_format=torch.channels_last)):
+                             and other.is_contiguous(memory_format=torch.channels_last)
+                             and not (torch.is_grad_enabled() and other.requires_grad)):
             return self(x).add_(other)
         return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, self._packed_weight(x), self.bias,
                                                                *self._args, "add", 1.0, None, [], None)

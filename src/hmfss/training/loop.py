@@ -152,13 +152,14 @@ class Trainer:
             if self.resume and not self.from_last:
                 self.log.info(f"no last.pt in {self.run_dir} (stopped before its first checkpoint): "
                               f"starting the run from the beginning")
-            self._start()
-            return self._train()
-        except (HmfssError, MemoryError, RuntimeError) as exc:  # divergence, a bad image, memory: say why in log.txt
-            reason = str(exc) if isinstance(exc, HmfssError) else out_of_memory(exc)
-            if reason is not None:
-                log_to_file(self.log, f"stopped: {reason}")
-            raise
+            self._start()  # a refused resume leaves the run's files as they were
+            try:
+                return self._train()
+            except (HmfssError, MemoryError, RuntimeError) as exc:  # divergence, a bad image, memory
+                reason = str(exc) if isinstance(exc, HmfssError) else out_of_memory(exc)
+                if reason is not None:
+                    log_to_file(self.log, f"stopped: {reason}")  # the run folder says why it ended
+                raise
         finally:
             self.board.close()
             close_logger(self.log)

@@ -19,6 +19,7 @@ stopped before its first ``last.pt`` (it holds config.yaml only) starts it from 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field, replace
@@ -266,10 +267,20 @@ def check_last(saved: dict[str, Any], path: Path) -> None:
                 or isinstance(value, bool):
             raise HmfssError(f"cannot resume: {path} is not the last.pt of a training run ({key!r} entry "
                              f"missing or invalid; a best.pt copied over it?)")
-    history = saved.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int)
-                                                for row in history):
+    if not _is_history(saved.get("history", [])):
         raise HmfssError(f"cannot resume: {path} is damaged (its 'history' entry is not a list of epoch records)")
+
+
+def _is_history(history: Any) -> bool:
+    """Whether ``history`` is what the trainer stores: a list of JSON-ready dicts with an int epoch."""
+    if not isinstance(history, list) or not all(isinstance(row, dict) and type(row.get("epoch")) is int
+                                                for row in history):
+        return False
+    try:
+        json.dumps(history)
+    except (TypeError, ValueError):  # tensors or other objects a weights-only load still allows
+        return False
+    return True
 
 
 def _mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] | set[str] = frozenset()
