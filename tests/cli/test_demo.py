@@ -57,6 +57,7 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
     (["--budget-minutes", "nan"], "--budget-minutes must be a positive number, got nan"),
     (["--budget-minutes", "0"], "--budget-minutes must be a positive number, got 0.0"),
     (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--threads", "100000"], "--threads must be at most 1024, got 100000"),  # was a segfault
     (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
     (["--size", "3"], "--size must be between 32 and 1024, got 3"),
     (["--bsz", "0"], "--bsz must be at least 1, got 0"),

@@ -66,6 +66,7 @@ def test_cli_writes_report_summary_and_figures(study):
     (["--variants", "fm", "xm"], "unknown masking 'xm'"),
     (["--seeds", "0", "0"], "distinct"),
     (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--threads", "100000"], "--threads must be at most 1024, got 100000"),  # was a segfault
     (["--val-thresholds", "0"], "--val-thresholds"),
     (["--size", "5"], "--size must be between 32 and 1024, got 5"),
     (["--seeds", "4294967296"], "--seeds must be an integer from 0 to 4294967295, got 4294967296"),

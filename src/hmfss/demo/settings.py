@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hmfss.data.synthetic import SyntheticParams, check_params
 from hmfss.errors import HmfssError
-from hmfss.inputs import check_seed
+from hmfss.inputs import MAX_THREADS, check_at_most, check_seed
 from hmfss.training.config import TrainConfig
 
 
@@ -57,6 +57,7 @@ def check_settings(s: DemoSettings) -> None:
                  "threads", "examples"):
         if getattr(s, name) < 1:
             raise HmfssError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+    check_at_most(s.threads, "--threads", MAX_THREADS)
     check_seed(s.seed, "--seed")
     if not (math.isfinite(s.budget_minutes) and s.budget_minutes > 0):
         raise HmfssError(f"--budget-minutes must be a positive number, got {s.budget_minutes}")
